@@ -1,0 +1,148 @@
+"""Shared test fixtures: small randomly initialised checkpoints written by transformers.
+
+Every checkpoint is a real Hugging Face folder (config.json, model.safetensors and a
+tokenizer), so the tests exercise the same loading code a user's downloaded model goes
+through. The configurations cover what the loaders must handle: GPT-2; Llama with and
+without grouped-query attention, tied and untied unembedding, llama3 rope scaling, an
+explicit head_dim. "Peaked" variants scale the query and key weights up so attention is
+far from uniform, which is what makes a wrong mask or a missing rotary embedding visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+VOCAB_SIZE = 512
+
+# name -> (architecture, config overrides, query/key weight scale)
+CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
+    "gpt2": ("gpt2", {}, 1.0),
+    "gpt2-peaked": ("gpt2", {}, 6.0),
+    "llama-mha-tied": ("llama", {"num_key_value_heads": 4, "tie_word_embeddings": True}, 1.0),
+    "llama-gqa-untied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": False}, 6.0),
+    "llama3-rope-gqa": (
+        "llama",
+        {
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 256,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        },
+        6.0,
+    ),
+    "llama-headdim": (
+        "llama",
+        {"num_key_value_heads": 2, "head_dim": 24, "tie_word_embeddings": True},
+        6.0,
+    ),
+}
+
+_SAMPLE_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Sparse autoencoders turn activations into features that people can read.",
+    "def add(a, b):\n    return a + b\n",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+] * 20
+
+
+def write_tokenizer(folder: Path, vocab_size: int = VOCAB_SIZE) -> None:
+    """Train a tiny byte-level BPE tokenizer on fixed text and save it in HF format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_SAMPLE_TEXT, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.save_pretrained(folder)
+
+
+def write_checkpoint(
+    folder: Path, arch: str, overrides: dict, qk_scale: float = 1.0, seed: int = 0
+) -> Path:
+    """Write a randomly initialised transformers checkpoint (float32 safetensors) to folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = dict(
+            vocab_size=VOCAB_SIZE,
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        cfg.update(overrides)
+        model = GPT2LMHeadModel(GPT2Config(**cfg))
+        d = model.config.n_embd
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.c_attn.weight[:, : 2 * d] *= qk_scale  # Conv1D: (d_in, 3 * d_model)
+    elif arch == "llama":
+        cfg = dict(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-5,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        cfg.update(overrides)
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight *= qk_scale
+                layer.self_attn.k_proj.weight *= qk_scale
+            # Random norms weights are all ones; perturb them so a missing weight shows.
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    else:
+        raise ValueError(arch)
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+    """Factory: checkpoint_dir(name) -> Path of a written checkpoint from CHECKPOINTS."""
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            arch, overrides, qk_scale = CHECKPOINTS[name]
+            made[name] = write_checkpoint(tmp_path_factory.mktemp(name), arch, overrides, qk_scale)
+        return made[name]
+
+    return make
