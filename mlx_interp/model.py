@@ -1,0 +1,297 @@
+"""HookedModel: a loaded model with its tokenizer, run_with_cache and run_with_hooks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .hooks import (
+    ActivationCache,
+    HookFn,
+    HookState,
+    hook_state,
+    name_hook_points,
+    select_names,
+    unknown_name_error,
+)
+from .models import architecture_for
+from .sources import ModelSourceError, resolve_model_dir, weight_files
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+TokensLike = "str | Sequence[str] | mx.array | np.ndarray | Sequence[Sequence[int]]"
+
+
+def layer_of(name: str) -> int | None:
+    """The block index of a hook name ('blocks.3.attn.hook_q' -> 3), None outside blocks."""
+    return int(name.split(".")[1]) if name.startswith("blocks.") else None
+
+
+def _computed_before(name: str, stop: int) -> bool:
+    """Whether a forward pass stopped before block ``stop`` computes this hook point."""
+    layer = layer_of(name)
+    return layer < stop if layer is not None else not name.startswith("ln_final")
+
+
+class HookedModel:
+    """A transformer with named hook points (see ``hook_names``) and its tokenizer.
+
+    ``cfg`` holds the sizes (d_model, n_layers, n_heads, n_kv_heads, d_head, d_mlp,
+    d_vocab, n_ctx) and the architecture name.
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer=None, source: str = "", folder: Path | None = None
+    ):
+        self.model = model
+        self.cfg = model.args
+        self.tokenizer = tokenizer
+        self.source = source
+        self.folder = folder
+        name_hook_points(model)
+        self.hook_names: list[str] = self._trace_hook_names()
+
+    def _trace_hook_names(self) -> list[str]:
+        # MLX is lazy: this builds a one-token graph, records the visit order, evaluates nothing.
+        state = HookState(record_order=True)
+        with hook_state(state):
+            self.model(mx.zeros((1, 1), dtype=mx.int32))
+        return state.visited
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.model.blocks[0].ln1.weight.dtype
+
+    # ----------------------------------------------------------------- tokens
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(f"no tokenizer files in {self.folder}; pass token ids instead of text")
+        return self.tokenizer
+
+    def tokenize(
+        self, texts: str | Sequence[str], prepend_bos: bool | None = None
+    ) -> tuple[mx.array, mx.array | None]:
+        """Texts -> (tokens (batch, pos) int32, attention_mask (batch, pos) or None).
+
+        Right-padded. The mask is None when no padding was needed. ``prepend_bos``: None
+        follows the tokenizer's own default; True/False force a BOS token on or off.
+        """
+        tok = self._require_tokenizer()
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("no texts to tokenize")
+        add_special = prepend_bos is None
+        rows = [tok.encode(t, add_special_tokens=add_special) for t in texts]
+        if prepend_bos:
+            if tok.bos_token_id is None:
+                raise ValueError("prepend_bos=True, but the tokenizer has no BOS token")
+            rows = [[tok.bos_token_id, *r] for r in rows]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("an empty text gives no tokens; pass prepend_bos=True or drop it")
+        n = max(len(r) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        tokens = np.full((len(rows), n), pad, dtype=np.int32)
+        mask = np.zeros((len(rows), n), dtype=np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return mx.array(tokens), (None if mask.all() else mx.array(mask))
+
+    def to_tokens(self, texts: str | Sequence[str], prepend_bos: bool | None = None) -> mx.array:
+        """Texts -> tokens (batch, pos), right-padded with the pad token."""
+        return self.tokenize(texts, prepend_bos)[0]
+
+    def to_str_tokens(self, text: str | mx.array, prepend_bos: bool | None = None) -> list[str]:
+        """One text (or a 1-D row of token ids) -> the string of each token."""
+        tok = self._require_tokenizer()
+        ids = self.to_tokens(text, prepend_bos)[0] if isinstance(text, str) else text
+        return [tok.decode([i]) for i in np.asarray(ids).reshape(-1).tolist()]
+
+    def to_string(self, tokens: mx.array | Sequence[int]) -> str | list[str]:
+        """Token ids (pos,) or (batch, pos) -> text(s)."""
+        tok = self._require_tokenizer()
+        arr = np.asarray(tokens)
+        if arr.ndim == 1:
+            return tok.decode(arr.tolist())
+        return [tok.decode(row) for row in arr.tolist()]
+
+    def _prepare(self, tokens, attention_mask, prepend_bos) -> tuple[mx.array, mx.array | None]:
+        """Accept text or token ids; check ids and length; return int32 arrays."""
+        if isinstance(tokens, str) or (
+            isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)
+        ):
+            if attention_mask is not None:
+                raise ValueError("pass attention_mask with token ids, not with text")
+            return self.tokenize(tokens, prepend_bos)
+        arr = np.asarray(tokens)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(
+                f"tokens must be integer ids of shape (batch, pos), got {arr.dtype} {arr.shape}"
+            )
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})")
+        if arr.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"{arr.shape[1]} tokens exceed the model's context length n_ctx={self.cfg.n_ctx}; "
+                "truncate or split the input"
+            )
+        if attention_mask is not None:
+            m = np.asarray(attention_mask)
+            m = m[None] if m.ndim == 1 else m
+            if m.shape != arr.shape:
+                raise ValueError(f"attention_mask shape {m.shape} != tokens shape {arr.shape}")
+            attention_mask = None if m.all() else mx.array(m.astype(np.int32))
+        return mx.array(arr.astype(np.int32)), attention_mask
+
+    # --------------------------------------------------------------- forward
+    def _check_stop(self, stop_at_layer: int | None) -> int | None:
+        if stop_at_layer is None:
+            return None
+        n = self.cfg.n_layers
+        stop = stop_at_layer + n if stop_at_layer < 0 else stop_at_layer
+        if not 0 <= stop <= n:
+            raise ValueError(f"stop_at_layer={stop_at_layer} is outside [-{n}, {n}]")
+        return stop
+
+    def _hook_table(self, fwd_hooks) -> dict[str, list[HookFn]]:
+        table: dict[str, list[HookFn]] = {}
+        for name, fn in fwd_hooks:
+            for n in select_names(name, self.hook_names):
+                table.setdefault(n, []).append(fn)
+        return table
+
+    def _run(self, tokens, attention_mask, prepend_bos, cache_names, hooks, stop_at_layer):
+        tokens, attention_mask = self._prepare(tokens, attention_mask, prepend_bos)
+        stop = self._check_stop(stop_at_layer)
+        if stop is not None:
+            for name in [*cache_names, *hooks]:
+                if not _computed_before(name, stop):
+                    raise ValueError(f"{name} is not computed with stop_at_layer={stop_at_layer}")
+        state = HookState(cache_names, hooks)
+        with hook_state(state):
+            logits = self.model(tokens, attention_mask, stop)
+        cache = ActivationCache((n, state.cache[n]) for n in self.hook_names if n in state.cache)
+        mx.eval(logits, cache)
+        return logits, cache
+
+    def __call__(self, tokens: TokensLike, attention_mask=None, prepend_bos=None) -> mx.array:
+        """Logits (batch, pos, d_vocab)."""
+        return self._run(tokens, attention_mask, prepend_bos, (), {}, None)[0]
+
+    def run_with_cache(
+        self,
+        tokens: TokensLike,
+        names_filter: None | str | Sequence[str] | Callable[[str], bool] = None,
+        stop_at_layer: int | None = None,
+        attention_mask: mx.array | None = None,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        prepend_bos: bool | None = None,
+    ) -> tuple[mx.array | None, ActivationCache]:
+        """Run and keep the activations named by ``names_filter`` (all when None).
+
+        Returns (logits (batch, pos, d_vocab), cache). With ``stop_at_layer=L`` only blocks
+        before L run and logits is None. Hooks in ``fwd_hooks`` run first; the cache holds
+        the activations after them.
+        """
+        names = select_names(names_filter, self.hook_names)
+        if stop_at_layer is not None and (names_filter is None or callable(names_filter)):
+            stop = self._check_stop(stop_at_layer)
+            names = [n for n in names if _computed_before(n, stop)]
+        return self._run(
+            tokens, attention_mask, prepend_bos, names, self._hook_table(fwd_hooks), stop_at_layer
+        )
+
+    def run_with_hooks(
+        self,
+        tokens: TokensLike,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        attention_mask: mx.array | None = None,
+        prepend_bos: bool | None = None,
+    ) -> mx.array:
+        """Logits with each hook fn(activation, hook) applied at its hook point.
+
+        A hook returns the replacement activation (same shape) or None to leave it as is.
+        The name may also be a predicate over hook names.
+        """
+        return self._run(
+            tokens, attention_mask, prepend_bos, (), self._hook_table(fwd_hooks), None
+        )[0]
+
+    def check_hook_name(self, name: str) -> str:
+        """Return name if it is a hook point, else raise the close-matches error."""
+        if name not in self.hook_names:
+            raise unknown_name_error(name, self.hook_names)
+        return name
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedModel({self.source!r}: {c.architecture}, {c.n_layers} layers, d_model={c.d_model}, "
+            f"{c.n_heads} heads ({c.n_kv_heads} kv), d_vocab={c.d_vocab}, {self.dtype})"
+        )
+
+
+# -------------------------------------------------------------------- loading
+def read_weights(folder: Path) -> dict[str, mx.array]:
+    """All tensors of a checkpoint folder (safetensors, sharded or not, or pytorch_model.bin)."""
+    weights: dict[str, mx.array] = {}
+    for f in weight_files(folder):
+        try:
+            if f.suffix == ".safetensors":
+                weights.update(mx.load(str(f)))
+            else:
+                import torch
+
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                for k, t in state.items():
+                    t = t.float() if t.dtype == torch.bfloat16 else t
+                    weights[k] = mx.array(t.numpy())
+        except Exception as e:  # noqa: BLE001 - any reader failure means the same to a user
+            raise ModelSourceError(
+                f"cannot read weights file {f} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "it may be truncated or corrupt: delete it and download or convert it again"
+            ) from None
+    return weights
+
+
+def load_model(source: str | Path = "smollm2-135m", dtype: str = "float32") -> HookedModel:
+    """Load a model: the embedded 'smollm2-135m', a local HF folder, an HF repo id, or a .gguf.
+
+    dtype: 'float32', 'float16' or 'bfloat16'.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    folder = resolve_model_dir(source)
+    config = json.loads((folder / "config.json").read_text())
+    arch = architecture_for(config.get("model_type", "?"))
+    args = arch.ModelArgs.from_hf_config(config)
+    model = arch.Model(args)
+    weights = arch.Model.sanitize(read_weights(folder), args)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise ModelSourceError(
+            f"weights in {folder} do not fit its config.json: {str(e).splitlines()[0]}"
+        ) from None
+    model.set_dtype(DTYPES[dtype])
+    mx.eval(model.parameters())
+    return HookedModel(model, _load_tokenizer(folder), str(source), folder)
+
+
+def _load_tokenizer(folder: Path):
+    if not any(
+        (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    ):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,72 @@
+"""Pieces every architecture shares: masks and the attention core with its hook points."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..hooks import HookPoint
+
+
+class AttentionHooks(nn.Module):
+    """The hook points of an attention layer, named as in TransformerLens."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_q = HookPoint()  # (batch, pos, n_heads, d_head)
+        self.hook_k = HookPoint()  # (batch, pos, n_kv_heads, d_head)
+        self.hook_v = HookPoint()  # (batch, pos, n_kv_heads, d_head)
+        self.hook_attn_scores = HookPoint()  # (batch, n_heads, query_pos, key_pos)
+        self.hook_pattern = HookPoint()  # (batch, n_heads, query_pos, key_pos)
+        self.hook_z = HookPoint()  # (batch, pos, n_heads, d_head)
+
+    def attend(
+        self, q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None
+    ) -> mx.array:
+        """Attention of q (batch, n_heads, pos, d_head) over k, v (batch, n_kv_heads, pos, d_head).
+
+        ``mask`` is None for plain causal attention, else a boolean (batch or 1, 1, pos, pos)
+        array, True where a query may attend. Returns hook_z, (batch, pos, n_heads, d_head).
+        The fused kernel is used unless a hook reads or replaces the scores or the pattern;
+        then the pattern is computed explicitly and is exactly the one the output uses.
+        """
+        if self.hook_attn_scores.active or self.hook_pattern.active:
+            n_rep = q.shape[1] // k.shape[1]
+            if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
+                k, v = mx.repeat(k, n_rep, axis=1), mx.repeat(v, n_rep, axis=1)
+            if mask is None:
+                mask = causal_mask(q.shape[2])
+            scores = (q.astype(mx.float32) * scale) @ k.astype(mx.float32).swapaxes(-1, -2)
+            scores = self.hook_attn_scores(mx.where(mask, scores, -mx.inf))
+            pattern = mx.softmax(scores, axis=-1, precise=True).astype(v.dtype)
+            pattern = self.hook_pattern(pattern)
+            out = pattern @ v
+        else:
+            out = mx.fast.scaled_dot_product_attention(
+                q, k, v, scale=scale, mask="causal" if mask is None else mask
+            )
+        return self.hook_z(out.transpose(0, 2, 1, 3))
+
+
+def causal_mask(n: int) -> mx.array:
+    """(1, 1, n, n) boolean, True on and below the diagonal."""
+    idx = mx.arange(n)
+    return (idx[:, None] >= idx[None, :])[None, None]
+
+
+def attention_mask_and_positions(
+    attention_mask: mx.array | None, n: int
+) -> tuple[mx.array | None, mx.array | None]:
+    """From a (batch, pos) 1/0 padding mask: the boolean attention mask and position ids.
+
+    Padded keys are excluded; a query always sees itself, so a padded row is never empty.
+    Positions count real tokens only (cumsum - 1, floored at 0), so left padding gives the
+    same positions as no padding. Without a padding mask, both are None (plain causal).
+    """
+    if attention_mask is None:
+        return None, None
+    keep = attention_mask.astype(mx.bool_)
+    mask = causal_mask(n) & keep[:, None, None, :]
+    mask = mask | mx.eye(n, dtype=mx.bool_)[None, None]
+    positions = mx.maximum(mx.cumsum(attention_mask.astype(mx.int32), axis=1) - 1, 0)
+    return mask, positions

@@ -1,0 +1,234 @@
+"""Llama-family decoder (Llama 2/3, SmolLM2, Mistral-style GQA) with hook points."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..hooks import HookPoint
+from .base import AttentionHooks, attention_mask_and_positions
+
+
+@dataclass
+class ModelArgs:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    tie_word_embeddings: bool
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    architecture: str = "llama"
+
+    @classmethod
+    def from_hf_config(cls, c: dict) -> ModelArgs:
+        # transformers 5 writes rope_parameters; older versions rope_theta + rope_scaling.
+        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(
+                f"rope type {rope_type!r} is not supported (supported: default, linear, llama3)"
+            )
+        if c.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"activation {c['hidden_act']!r} is not supported (Llama uses silu)")
+        n_heads = c["num_attention_heads"]
+        return cls(
+            d_model=c["hidden_size"],
+            n_layers=c["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=c.get("num_key_value_heads") or n_heads,
+            d_head=c.get("head_dim") or c["hidden_size"] // n_heads,
+            d_mlp=c["intermediate_size"],
+            d_vocab=c["vocab_size"],
+            n_ctx=c.get("max_position_embeddings", 2048),
+            norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope if rope_type != "default" else None,
+            tie_word_embeddings=c.get("tie_word_embeddings", False),
+            attention_bias=c.get("attention_bias", False),
+            mlp_bias=c.get("mlp_bias", False),
+        )
+
+
+def rope_inverse_frequencies(args: ModelArgs) -> mx.array:
+    """Rotary inverse frequencies (d_head / 2,), with linear or llama3 scaling applied."""
+    d = args.d_head
+    inv_freq = 1.0 / (args.rope_theta ** (mx.arange(0, d, 2, dtype=mx.float32) / d))
+    s = args.rope_scaling
+    if s is None:
+        return inv_freq
+    factor = s["factor"]
+    if s.get("rope_type", s.get("type")) == "linear":
+        return inv_freq / factor
+    # llama3: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between.
+    low, high = s["low_freq_factor"], s["high_freq_factor"]
+    old_ctx = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = mx.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    is_medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+    return mx.where(is_medium, smoothed, scaled)
+
+
+class RoPE(nn.Module):
+    """Rotary embedding in the rotate-half (non-interleaved) layout used by HF checkpoints."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.dims = args.d_head
+        self._inv_freq = rope_inverse_frequencies(args)
+
+    def __call__(self, x: mx.array, positions: mx.array | None) -> mx.array:
+        """x: (batch, heads, pos, d_head); positions: (batch, pos) or None for 0..pos-1."""
+        if positions is None:
+            return mx.fast.rope(
+                x,
+                self.dims,
+                traditional=False,
+                base=None,
+                scale=1.0,
+                offset=0,
+                freqs=1.0 / self._inv_freq,
+            )
+        angles = positions[:, None, :, None].astype(mx.float32) * self._inv_freq
+        cos = mx.concatenate([mx.cos(angles)] * 2, axis=-1)
+        sin = mx.concatenate([mx.sin(angles)] * 2, axis=-1)
+        half = self.dims // 2
+        rotated = mx.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return (x * cos + rotated * sin).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+        self.hook_normalized = HookPoint()  # the norm's output, weight included
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.hook_normalized(mx.fast.rms_norm(x, self.weight, self.eps))
+
+
+class Attention(AttentionHooks):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.d_head = args.n_heads, args.n_kv_heads, args.d_head
+        self.scale = args.d_head**-0.5
+        bias = args.attention_bias
+        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.d_head, bias=bias)
+        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.d_head, bias=bias)
+        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.d_head, bias=bias)
+        self.o_proj = nn.Linear(args.n_heads * args.d_head, args.d_model, bias=bias)
+        self.rope = RoPE(args)
+        self.hook_rot_q = HookPoint()  # (batch, pos, n_heads, d_head), after rotary
+        self.hook_rot_k = HookPoint()  # (batch, pos, n_kv_heads, d_head), after rotary
+
+    def __call__(self, x: mx.array, mask: mx.array | None, positions: mx.array | None):
+        B, L, _ = x.shape
+        q = self.hook_q(self.q_proj(x).reshape(B, L, self.n_heads, self.d_head))
+        k = self.hook_k(self.k_proj(x).reshape(B, L, self.n_kv_heads, self.d_head))
+        v = self.hook_v(self.v_proj(x).reshape(B, L, self.n_kv_heads, self.d_head))
+        # Rotary works on (batch, heads, pos, d_head); the hooks see (batch, pos, heads, d_head).
+        q = self.rope(q.transpose(0, 2, 1, 3), positions)
+        k = self.rope(k.transpose(0, 2, 1, 3), positions)
+        q = self.hook_rot_q(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        k = self.hook_rot_k(k.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+        z = self.attend(q, k, v.transpose(0, 2, 1, 3), self.scale, mask)
+        return self.o_proj(z.reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
+        self.up_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
+        self.down_proj = nn.Linear(args.d_mlp, args.d_model, bias=args.mlp_bias)
+        self.hook_pre = HookPoint()  # gate projection, before the activation
+        self.hook_pre_linear = HookPoint()  # up projection
+        self.hook_post = HookPoint()  # silu(gate) * up
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate = self.hook_pre(self.gate_proj(x))
+        up = self.hook_pre_linear(self.up_proj(x))
+        return self.down_proj(self.hook_post(nn.silu(gate) * up))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.ln1 = RMSNorm(args.d_model, args.norm_eps)
+        self.attn = Attention(args)
+        self.ln2 = RMSNorm(args.d_model, args.norm_eps)
+        self.mlp = MLP(args)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def __call__(self, x: mx.array, mask: mx.array | None, positions: mx.array | None):
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), mask, positions)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.d_vocab, args.d_model)
+        self.hook_embed = HookPoint()
+        self.blocks = [TransformerBlock(args) for _ in range(args.n_layers)]
+        self.ln_final = RMSNorm(args.d_model, args.norm_eps)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.d_vocab, bias=False)
+
+    def __call__(
+        self,
+        tokens: mx.array,
+        attention_mask: mx.array | None = None,
+        stop_at_layer: int | None = None,
+    ) -> mx.array | None:
+        """tokens (batch, pos) -> logits (batch, pos, d_vocab); None with stop_at_layer."""
+        mask, positions = attention_mask_and_positions(attention_mask, tokens.shape[1])
+        x = self.hook_embed(self.embed(tokens))
+        for block in self.blocks[:stop_at_layer]:
+            x = block(x, mask, positions)
+        if stop_at_layer is not None:
+            return None
+        x = self.ln_final(x)
+        return self.embed.as_linear(x) if self.args.tie_word_embeddings else self.lm_head(x)
+
+    @staticmethod
+    def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
+        """Hugging Face LlamaForCausalLM names -> this module's names."""
+        renames = [
+            ("model.embed_tokens.", "embed."),
+            ("model.layers.", "blocks."),
+            ("model.norm.", "ln_final."),
+            (".self_attn.", ".attn."),
+            (".input_layernorm.", ".ln1."),
+            (".post_attention_layernorm.", ".ln2."),
+        ]
+        out = {}
+        for name, w in weights.items():
+            if "rotary_emb" in name:
+                continue
+            if name == "lm_head.weight" and args.tie_word_embeddings:
+                continue
+            for old, new in renames:
+                name = name.replace(old, new)
+            out[name] = w
+        return out
