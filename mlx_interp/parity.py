@@ -1,0 +1,162 @@
+"""Cross-checking MLX against the PyTorch reference, hook point by hook point.
+
+This module holds the one tolerance table of the project (the parity tests, the
+``mlx-interp parity`` command and the demo all read it) and the one definition of the
+error measure: the relative error ||a - b|| / ||b|| over a whole activation, in float64.
+Entries that are -inf in both (masked attention scores) are left out; an entry that is
+infinite in one backend only makes the error infinite.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# Relative error allowed between MLX (at the given dtype) and torch_ref in float32.
+# float32 against float32 is the contract; the half-precision rows are what rounding of
+# 10-bit (float16) and 7-bit (bfloat16) mantissas gives over a few layers.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "float32": {"logits": 1e-4, "hooks": 1e-4},
+    "float16": {"logits": 2e-2, "hooks": 2e-2},
+    "bfloat16": {"logits": 6e-2, "hooks": 6e-2},
+}
+
+
+def relative_error(a, b) -> float:
+    """||a - b|| / ||b|| in float64, skipping entries that are -inf in both."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(finite_a, finite_b) or not np.array_equal(a[~finite_b], b[~finite_b]):
+        return float("inf")
+    diff = np.linalg.norm(a[finite_b] - b[finite_b])
+    norm = np.linalg.norm(b[finite_b])
+    return float(diff / norm) if norm > 0 else float(diff)
+
+
+@dataclass
+class Row:
+    name: str
+    shape: tuple[int, ...]
+    rel_error: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel_error <= self.tolerance
+
+
+@dataclass
+class ParityReport:
+    """Per-hook relative errors of MLX against torch_ref, in forward order, then the logits."""
+
+    source: str
+    dtype: str
+    n_tokens: int
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def first_divergence(self) -> Row | None:
+        return next((r for r in self.rows if not r.ok), None)
+
+    @property
+    def worst(self) -> Row:
+        return max(self.rows, key=lambda r: r.rel_error / r.tolerance)
+
+    def table(self, only_failures: bool = False) -> str:
+        lines = [f"{'hook point':44s} {'shape':>22s} {'rel. error':>10s} {'tol.':>8s}"]
+        for r in self.rows:
+            if only_failures and r.ok:
+                continue
+            mark = "" if r.ok else "  <-- over tolerance"
+            lines.append(
+                f"{r.name:44s} {str(r.shape):>22s} {r.rel_error:10.2e} {r.tolerance:8.0e}{mark}"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        worst = self.worst
+        verdict = "PASS" if self.ok else f"FAIL, first divergence at {self.first_divergence.name}"
+        return (
+            f"parity {self.dtype} MLX vs torch_ref on {self.source} ({self.n_tokens} tokens, "
+            f"{len(self.rows)} tensors): {verdict}; worst {worst.name} {worst.rel_error:.2e}"
+        )
+
+    def to_json(self) -> str:
+        rows = [{**asdict(r), "ok": r.ok} for r in self.rows]
+        return json.dumps(
+            {
+                "source": self.source,
+                "dtype": self.dtype,
+                "n_tokens": self.n_tokens,
+                "ok": self.ok,
+                "rows": rows,
+            },
+            indent=2,
+        )
+
+
+def compare_caches(
+    mlx_cache: dict,
+    ref_cache: dict,
+    mlx_logits,
+    ref_logits,
+    order: list[str],
+    dtype: str,
+    source: str = "",
+    n_tokens: int = 0,
+) -> ParityReport:
+    """Compare two caches (name -> array-like) and logits; rows follow ``order``."""
+    tol = TOLERANCES[dtype]
+    report = ParityReport(source, dtype, n_tokens)
+    for name in order:
+        if name in mlx_cache and name in ref_cache:
+            a, b = _numpy(mlx_cache[name]), _numpy(ref_cache[name])
+            report.rows.append(Row(name, tuple(b.shape), relative_error(a, b), tol["hooks"]))
+    if mlx_logits is not None and ref_logits is not None:
+        b = _numpy(ref_logits)
+        report.rows.append(
+            Row("logits", tuple(b.shape), relative_error(_numpy(mlx_logits), b), tol["logits"])
+        )
+    return report
+
+
+def compare_backends(
+    source: str, text: str | list[str], dtype: str = "float32", mlx_model=None, ref_model=None
+) -> ParityReport:
+    """Run MLX (at ``dtype``) and torch_ref (float32, CPU) on the same tokens, compare all hooks."""
+    import torch
+
+    from torch_ref import load_model as load_torch
+
+    from .model import load_model
+
+    model = mlx_model or load_model(source, dtype=dtype)
+    ref = ref_model or load_torch(source, device="cpu", dtype="float32")
+    tokens, mask = model.tokenize(text)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    t_tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
+    t_mask = None if mask is None else torch.tensor(np.asarray(mask))
+    ref_logits, ref_cache = ref.run_with_cache(t_tokens, attention_mask=t_mask)
+    return compare_caches(
+        cache, ref_cache, logits, ref_logits, model.hook_names, dtype, str(source), tokens.size
+    )
+
+
+def _numpy(x) -> np.ndarray:
+    """A float64 NumPy copy of an MLX array, a torch tensor or an array-like."""
+    if hasattr(x, "detach"):  # torch
+        return x.detach().cpu().double().numpy()
+    if type(x).__module__.startswith("mlx"):
+        import mlx.core as mx
+
+        x = x.astype(mx.float32)  # NumPy has no bfloat16
+    return np.asarray(x, dtype=np.float64)

@@ -1,0 +1,91 @@
+"""What this machine is: MLX device, the BLAS MLX computes with, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+
+def mlx_device() -> str:
+    """'gpu' (Metal or CUDA) or 'cpu': where MLX runs by default."""
+    import mlx.core as mx
+
+    return "gpu" if mx.default_device().type == mx.gpu else "cpu"
+
+
+def blas_info() -> str:
+    """Which BLAS library MLX's CPU matrix products (cblas_sgemm) resolve to.
+
+    On macOS MLX uses Accelerate. On Linux the mlx[cpu] wheel bundles the reference
+    (netlib) BLAS; an optimised one preloaded with LD_PRELOAD takes its place, since the
+    dynamic linker looks in preloaded libraries first.
+    """
+    if sys.platform == "darwin":
+        return "Accelerate (macOS)"
+    path = _cblas_sgemm_library()
+    if path is None:
+        return "unknown"
+    name = os.path.basename(path)
+    for pattern, label in [("openblas", "OpenBLAS"), ("mkl", "Intel MKL"), ("blis", "BLIS")]:
+        if pattern in name.lower():
+            return f"{label} ({path})"
+    if "mlx_cpu.libs" in path:
+        return f"reference BLAS (netlib, bundled with mlx[cpu]: {path})"
+    return path
+
+
+def _cblas_sgemm_library() -> str | None:
+    """The file that defines the cblas_sgemm MLX binds to, found with dlsym + dladdr."""
+    import ctypes
+
+    import mlx.core as mx
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [
+            ("dli_fname", ctypes.c_char_p),
+            ("dli_fbase", ctypes.c_void_p),
+            ("dli_sname", ctypes.c_char_p),
+            ("dli_saddr", ctypes.c_void_p),
+        ]
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.dlsym.restype = ctypes.c_void_p
+        libc.dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+        # The global scope (LD_PRELOAD first) wins; else libmlx's own dependencies.
+        addr = libc.dlsym(None, b"cblas_sgemm")
+        if not addr:
+            libmlx = os.path.join(os.path.dirname(mx.__file__), "lib", "libmlx.so")
+            handle = ctypes.CDLL(libmlx)._handle
+            addr = libc.dlsym(handle, b"cblas_sgemm")
+        info = DlInfo()
+        if not addr or not libc.dladdr(addr, ctypes.byref(info)):
+            return None
+        return info.dli_fname.decode()
+    except (OSError, AttributeError):
+        return None
+
+
+def package_versions(names=("mlx", "torch", "transformers", "numpy")) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine_summary() -> dict[str, str]:
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "mlx_device": mlx_device(),
+        "blas": blas_info(),
+        **{f"{k}_version": v for k, v in package_versions().items()},
+    }
