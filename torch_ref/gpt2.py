@@ -145,46 +145,45 @@ class GPT2(nn.Module):
         return F.linear(x, unembed)
 
 
+# HF GPT-2 layer names inside a block -> ours, and whether HF stores the weight as Conv1D (in, out).
+_BLOCK_LAYERS = {
+    "ln_1": ("ln1", False),
+    "ln_2": ("ln2", False),
+    "attn.c_proj": ("attn.o", True),
+    "mlp.c_fc": ("mlp.fc_in", True),
+    "mlp.c_proj": ("mlp.fc_out", True),
+}
+
+
 def gpt2_weights(hf_weights: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Rename (and transpose) Hugging Face GPT-2 weights to this module's parameter names.
 
-    HF GPT-2 uses Conv1D layers, stored (in, out), with q, k, v fused in c_attn.
+    HF GPT-2 uses Conv1D layers, stored (in, out), with q, k, v fused in c_attn (in, 3 * d).
     """
     out: dict[str, torch.Tensor] = {}
     for name, w in hf_weights.items():
         name = name.removeprefix("transformer.")
+        parts = name.split(".")
+        layer, kind = ".".join(parts[2:-1]), parts[-1]
         if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # old causal-mask buffers, not weights
-        if name == "lm_head.weight":
+            continue  # causal-mask buffers that old checkpoints saved, not weights
+        elif name == "lm_head.weight":
             if not cfg.tie_embeddings:
                 out["unembed.weight"] = w
-            continue
-        parts = name.split(".")
-        if parts[0] == "wte":
+        elif name == "wte.weight":
             out["embed.weight"] = w
-        elif parts[0] == "wpe":
+        elif name == "wpe.weight":
             out["pos_embed.weight"] = w
         elif parts[0] == "ln_f":
-            out[f"ln_final.{parts[1]}"] = w
-        elif parts[0] == "h":
-            prefix = f"blocks.{parts[1]}"
-            layer, kind = ".".join(parts[2:-1]), parts[-1]
-            if layer == "attn.c_attn":
-                for proj, chunk in zip("qkv", w.chunk(3, dim=-1), strict=True):
-                    out[f"{prefix}.attn.{proj}.{kind}"] = chunk.T if kind == "weight" else chunk
-            else:
-                mapping = {
-                    "ln_1": "ln1",
-                    "ln_2": "ln2",
-                    "attn.c_proj": "attn.o",
-                    "mlp.c_fc": "mlp.fc_in",
-                    "mlp.c_proj": "mlp.fc_out",
-                }
-                if layer not in mapping:
-                    out[name] = w  # left unmapped: reported as unexpected by the loader
-                    continue
-                conv1d = layer != "ln_1" and layer != "ln_2"
-                out[f"{prefix}.{mapping[layer]}.{kind}"] = w.T if conv1d and kind == "weight" else w
+            out[f"ln_final.{kind}"] = w
+        elif parts[0] == "h" and layer == "attn.c_attn":
+            for proj, chunk in zip("qkv", w.chunk(3, dim=-1), strict=True):
+                out[f"blocks.{parts[1]}.attn.{proj}.{kind}"] = (
+                    chunk.T if kind == "weight" else chunk
+                )
+        elif parts[0] == "h" and layer in _BLOCK_LAYERS:
+            ours, conv1d = _BLOCK_LAYERS[layer]
+            out[f"blocks.{parts[1]}.{ours}.{kind}"] = w.T if conv1d and kind == "weight" else w
         else:
-            out[name] = w
+            out[name] = w  # left unmapped: reported as unexpected by the loader
     return out

@@ -202,26 +202,29 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read weight file {path}: {first_line}") from None
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Read the checkpoint's tensors: model.safetensors, a sharded index, or pytorch_model.bin."""
-    for single, index in (
-        ("model.safetensors", "model.safetensors.index.json"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ):
-        if (folder / single).exists():
-            return _read_file(folder / single)
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: the shards a model.safetensors.index.json (or
+    pytorch_model.bin.index.json) names, else model*.safetensors, else pytorch_model*.bin."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).exists():
             try:
-                shards = sorted(
-                    set(json.loads((folder / index).read_text())["weight_map"].values())
-                )
-            except (ValueError, KeyError) as exc:
+                weight_map = json.loads((folder / index).read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"cannot read weight index {folder / index}: {exc}") from None
-            weights: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                weights.update(_read_file(folder / shard))
-            return weights
+            return [folder / shard for shard in sorted(set(weight_map.values()))]
+    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
     raise ValueError(f"no weights in {folder} (expected model.safetensors or pytorch_model.bin)")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in folder, by their Hugging Face names."""
+    weights: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        weights.update(_read_file(path))
+    return weights
 
 
 def _to_dtype(dtype: str | torch.dtype) -> torch.dtype:
