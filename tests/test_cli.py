@@ -1,0 +1,85 @@
+"""The mlx-interp command line, run in-process on the random fixture checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from mlx_interp.cli import main
+
+
+def test_info_lists_sizes_device_blas_and_hooks(checkpoint_dir, capsys):
+    assert main(["info", "--model", str(checkpoint_dir("llama-gqa-untied"))]) == 0
+    out = capsys.readouterr().out
+    assert "architecture llama" in out
+    assert "n_kv_heads=2" in out
+    assert "mlx device" in out and "blas" in out
+    assert "attn.hook_rot_q" in out and "hook points  56 in all" in out
+
+
+def test_parity_passes_and_writes_json(checkpoint_dir, tmp_path, capsys):
+    report = tmp_path / "parity.json"
+    code = main(["parity", "--model", str(checkpoint_dir("gpt2-peaked")), "--text", "The quick brown fox",
+                 "--text", "1, 2, 3", "--json", str(report)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "blocks.2.attn.hook_pattern" in out and "PASS" in out
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["rows"][-1]["name"] == "logits"
+
+
+def test_parity_fails_over_tolerance_and_names_the_first_divergence(
+    checkpoint_dir, tmp_path, capsys
+):
+    """Corrupt one MLX weight through a hook-free route: the report must blame its first hook."""
+    import mlx.core as mx
+
+    from mlx_interp import load_model
+    from mlx_interp.parity import compare_backends
+
+    folder = checkpoint_dir("llama-mha-tied")
+    model = load_model(folder)
+    mlp = model.model.blocks[1].mlp
+    mlp.up_proj.weight = mlp.up_proj.weight * 1.01
+    mx.eval(model.model.parameters())
+    report = compare_backends(str(folder), "The quick brown fox", mlx_model=model)
+    assert not report.ok
+    assert report.first_divergence.name == "blocks.1.mlp.hook_pre_linear"
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
+    assert main(["info", "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlx-interp info: error:") and "\n" not in err
+
+
+def test_demo_writes_its_results(checkpoint_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(checkpoint_dir("gpt2")), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"summary.md", "predictions.json", "parity.txt", "parity.json", "residual_norms.png",
+            "residual_norms.csv", "machine.json"} <= names  # fmt: skip
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
+    preds = json.loads((out / "predictions.json").read_text())
+    assert len(preds) == 5 and all(len(p["top"]) == 5 for p in preds)
+    rows = list(csv.reader(open(out / "residual_norms.csv")))
+    assert rows[0][:3] == ["position", "token", "embed"] and len(rows[0]) == 3 + 3  # 3 layers
+    assert (out / "residual_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PASS" in (out / "summary.md").read_text()
+
+
+def test_demo_output_folder_that_is_a_file_is_an_error(checkpoint_dir, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["demo", "--model", str(checkpoint_dir("gpt2")), "--out", str(f)]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("mlx-interp") or os.path.join(os.path.dirname(sys.executable), "mlx-interp")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "parity" in out and "demo" in out and "info" in out
