@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
     sp.add_argument("--top-k", type=int, default=5)
     sp.set_defaults(func=cmd_demo)
+
+    # Commands of the activation-analysis work register here (extract, tokens, analyze).
+    # Commands of the SAE work register here (train-sae, eval-sae).
     return p
 
 
