@@ -19,9 +19,18 @@ VOCAB_SIZE = 512
 # name -> (architecture, config overrides, query/key weight scale)
 CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
     "gpt2": ("gpt2", {}, 1.0),
-    "gpt2-peaked": ("gpt2", {}, 6.0),
+    "gpt2-peaked": ("gpt2", {}, 20.0),
     "llama-mha-tied": ("llama", {"num_key_value_heads": 4, "tie_word_embeddings": True}, 1.0),
-    "llama-gqa-untied": ("llama", {"num_key_value_heads": 2, "tie_word_embeddings": False}, 6.0),
+    "llama-gqa-untied": (
+        "llama",
+        {
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "mlp_bias": True,
+        },
+        20.0,
+    ),
     "llama3-rope-gqa": (
         "llama",
         {
@@ -37,12 +46,12 @@ CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
                 "original_max_position_embeddings": 32,
             },
         },
-        6.0,
+        20.0,
     ),
     "llama-headdim": (
         "llama",
         {"num_key_value_heads": 2, "head_dim": 24, "tie_word_embeddings": True},
-        6.0,
+        20.0,
     ),
 }
 
@@ -121,12 +130,14 @@ def write_checkpoint(
             for layer in model.model.layers:
                 layer.self_attn.q_proj.weight *= qk_scale
                 layer.self_attn.k_proj.weight *= qk_scale
-            # Random norms weights are all ones; perturb them so a missing weight shows.
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.add_(0.1 * torch.randn_like(p))
     else:
         raise ValueError(arch)
+    # Fresh norm weights are ones and fresh biases zeros: perturb them so that a loader
+    # that drops one of them fails the tests.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
     model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
