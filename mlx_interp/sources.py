@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,8 +326,7 @@ def _field(reader, key: str, default=None):
     f = reader.fields.get(key)
     if f is None:
         return default
-    value = f.contents()
-    return value
+    return f.contents()
 
 
 def _llama3_rope(factors: np.ndarray, head_dim: int, theta: float) -> dict:
@@ -480,29 +480,41 @@ def _dequantize(t) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
 
 
-def _save_shards(weights: list[tuple[str, np.ndarray]], out: Path) -> None:
+def _save_shards(weights: Iterable[tuple[str, np.ndarray]], out: Path, max_bytes: int) -> None:
+    """Write (name, array) pairs as safetensors shards of at most max_bytes (one array may
+    exceed it), holding one shard in memory at a time: an 8B model is 32 GB in float32."""
     from safetensors.numpy import save_file
 
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
+    files: list[Path] = []
+    weight_map: dict[str, int] = {}
+    shard: dict[str, np.ndarray] = {}
+    size = total = 0
+
+    def flush() -> None:
+        files.append(out / f"part-{len(files) + 1:05d}.safetensors")
+        save_file(shard, str(files[-1]), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, len(files) - 1))
+        shard.clear()
+
     for name, arr in weights:
-        if size and size + arr.nbytes > _SHARD_BYTES:
-            shards.append({})
+        if shard and size + arr.nbytes > max_bytes:
+            flush()
             size = 0
-        shards[-1][name] = arr
+        shard[name] = arr
         size += arr.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        total += arr.nbytes
+    if shard or not files:
+        flush()
+    if len(files) == 1:
+        files[0].rename(out / "model.safetensors")
         return
-    weight_map = {}
-    total = 0
-    for i, shard in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / fname), metadata={"format": "pt"})
-        for name, arr in shard.items():
-            weight_map[name] = fname
-            total += arr.nbytes
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    names = [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    for f, name in zip(files, names, strict=True):
+        f.rename(out / name)
+    index = {
+        "metadata": {"total_size": total},
+        "weight_map": {k: names[i] for k, i in weight_map.items()},
+    }
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -535,7 +547,13 @@ def _write_tokenizer(gguf_path: Path, reader, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path, *, _marker_extra: dict | None = None) -> Path:
+def convert_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    *,
+    _marker_extra: dict | None = None,
+    _shard_bytes: int = _SHARD_BYTES,
+) -> Path:
     """Convert a llama-architecture GGUF file into a Hugging Face folder at ``out_dir``.
 
     Weights are dequantised to float32 safetensors with Hugging Face names and Q/K row order;
@@ -577,18 +595,19 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, _marker_extra: dict | None =
             raise ModelSourceError(
                 f"{gguf_path} has tensors this converter does not know: {', '.join(unknown[:5])}."
             )
-        weights = []
-        for name, t in tensors.items():
-            if name in _SKIPPED:
-                continue
-            arr = _dequantize(t)
-            if ".attn_q." in name:
-                arr = _unpermute(arr, kw["num_attention_heads"])
-            elif ".attn_k." in name:
-                arr = _unpermute(arr, kw["num_key_value_heads"])
-            weights.append((_hf_name(name), arr))
-        _save_shards(weights, tmp)
-        del weights
+
+        def weights():
+            for name, t in tensors.items():
+                if name in _SKIPPED:
+                    continue
+                arr = _dequantize(t)
+                if ".attn_q." in name:
+                    arr = _unpermute(arr, kw["num_attention_heads"])
+                elif ".attn_k." in name:
+                    arr = _unpermute(arr, kw["num_key_value_heads"])
+                yield _hf_name(name), arr
+
+        _save_shards(weights(), tmp, _shard_bytes)
         _write_config(kw, tmp)
         _write_tokenizer(gguf_path, reader, tmp)
         marker = {

@@ -394,3 +394,75 @@ def test_repo_id_from_local_hf_cache(tmp_path, monkeypatch, checkpoint_dir):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_model_dir("someone/tiny-llama") == snapshot
+
+
+def test_sharded_conversion(tmp_path, checkpoint_dir):
+    """Big models are written in shards with an index, one shard in memory at a time."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    ckpt = checkpoint_dir("llama-gqa-untied")
+    out = convert_gguf(write_gguf(ckpt, tmp_path / "m.gguf"), tmp_path / "out", _shard_bytes=60_000)
+    files = weight_files(out)
+    assert len(files) > 3 and (out / "model.safetensors.index.json").is_file()
+    assert files[0].name == f"model-00001-of-{len(files):05d}.safetensors"
+    merged = {}
+    for f in files:
+        merged.update(load_file(str(f)))
+    original = load_file(str(ckpt / "model.safetensors"))
+    assert sorted(merged) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(merged[key], value, err_msg=key)
+    AutoModelForCausalLM.from_pretrained(out)  # transformers reads the index
+
+
+def _fake_hub(monkeypatch, tmp_path, download):
+    """Replace huggingface_hub.snapshot_download: nothing cached; `download` for real calls."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def fake(repo_id, *, cache_dir=None, local_files_only=False, **kwargs):
+        calls.append((repo_id, Path(cache_dir), local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        return download(repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hubcache"))
+    return calls
+
+
+def test_repo_id_downloads_when_online(tmp_path, monkeypatch, checkpoint_dir):
+    folder = checkpoint_dir("llama-mha-tied")
+    calls = _fake_hub(monkeypatch, tmp_path, lambda repo_id: str(folder))
+    assert resolve_model_dir("someone/tiny-llama") == folder
+    assert [c[2] for c in calls] == [True, False]  # the cache first, then the hub
+    assert all(c[1] == tmp_path / "hubcache" for c in calls)
+
+
+def test_repo_id_hub_unreachable(tmp_path, monkeypatch):
+    def unreachable(repo_id):
+        raise ConnectionError("Name or service not known\nsecond line")
+
+    _fake_hub(monkeypatch, tmp_path, unreachable)
+    message = _one_line_error("someone/tiny-llama")
+    assert str(tmp_path / "hubcache") in message
+    assert "ConnectionError: Name or service not known" in message
+    assert "second line" not in message
+    assert "smollm2-135m" in message
+
+
+def test_offline_constant_respected(tmp_path, monkeypatch):
+    """huggingface_hub's own HF_HUB_OFFLINE constant (read at its import) counts too."""
+    import huggingface_hub
+
+    def must_not_download(repo_id):
+        raise AssertionError("downloaded although offline")
+
+    _fake_hub(monkeypatch, tmp_path, must_not_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE" in _one_line_error("someone/tiny-llama")
