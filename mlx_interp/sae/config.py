@@ -1,0 +1,171 @@
+"""The SAE configuration, and its translation to and from SAELens's ``cfg.json``.
+
+One dataclass describes an SAE in both backends. The file format is SAELens 6's: a flat
+object with ``architecture``, ``d_in``, ``d_sae``, ``dtype``, ``device``,
+``apply_b_dec_to_input``, ``normalize_activations``, ``reshape_activations``, ``k`` (TopK)
+and a nested ``metadata`` object holding ``hook_name``, ``model_name`` and the rest.
+Older (pre-6) flat files with ``hook_point`` / ``activation_fn_str`` are read too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+
+# The SAELens version whose file layout we write; SAELens reads the nested-metadata
+# layout only when metadata.sae_lens_version is at least 6.0.0.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+
+@dataclass
+class SAEConfig:
+    """What an SAE is: sizes, architecture, the hook point it reads, and k or threshold.
+
+    ``architecture`` is one of ``standard`` (ReLU), ``topk``, ``batchtopk`` (trained with a
+    batch-wide top-k, run with one global ``threshold``) and ``jumprelu`` (a threshold per
+    latent, held in the weights). Saved files are always in the units of the hook's raw
+    activations: input normalisation used in training is folded into the weights.
+    """
+
+    d_in: int
+    d_sae: int
+    architecture: str = "topk"
+    hook_name: str | None = None
+    model_name: str | None = None
+    k: int | None = None
+    threshold: float | None = None  # batchtopk: the global inference threshold
+    apply_b_dec_to_input: bool = True
+    dtype: str = "float32"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown SAE architecture {self.architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
+            )
+        if int(self.d_in) < 1 or int(self.d_sae) < 1:
+            raise ValueError(f"d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})")
+        self.d_in, self.d_sae = int(self.d_in), int(self.d_sae)
+        if self.architecture in ("topk", "batchtopk"):
+            if self.k is None:
+                raise ValueError(f"a {self.architecture} SAE needs k")
+            if not 1 <= int(self.k) <= self.d_sae:
+                raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
+            self.k = int(self.k)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # --- SAELens cfg.json -------------------------------------------------------------
+
+    def to_saelens(self) -> dict:
+        """The cfg.json SAELens 6 reads with ``SAE.load_from_disk``.
+
+        A BatchTopK SAE is written, as SAELens writes it, as a JumpReLU SAE whose
+        thresholds all equal the global threshold; k is kept in the metadata.
+        """
+        arch = "jumprelu" if self.architecture == "batchtopk" else self.architecture
+        cfg = {
+            "architecture": arch,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+        }
+        if arch == "topk":
+            cfg["k"] = self.k
+            cfg["rescale_acts_by_decoder_norm"] = False
+        meta = {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": SAELENS_FORMAT_VERSION,
+            "model_name": self.model_name,
+            "hook_name": self.hook_name,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            **self.metadata,
+            "trained_with": "mlx-interp",
+            "trained_architecture": self.architecture,
+        }
+        if self.architecture == "batchtopk":
+            meta["k"] = self.k
+            meta["threshold"] = self.threshold
+        cfg["metadata"] = meta
+        return cfg
+
+    @classmethod
+    def from_saelens(cls, cfg: dict) -> SAEConfig:
+        """Read a SAELens cfg.json (6.x nested metadata, or the older flat layout)."""
+        meta = dict(cfg.get("metadata") or {})
+        flat = {**cfg, **meta}
+        hook = flat.get("hook_name", flat.get("hook_point"))
+        arch = cfg.get("architecture")
+        k = cfg.get("k")
+        if arch is None:  # pre-6: the activation function decides
+            act = flat.get("activation_fn_str", flat.get("activation_fn", "relu"))
+            kwargs = flat.get("activation_fn_kwargs") or {}
+            arch = "topk" if act == "topk" else "standard"
+            k = kwargs.get("k", k)
+        for key in ("d_in", "d_sae"):
+            if key not in cfg:
+                raise ValueError(f"cfg.json has no {key!r}")
+        norm = cfg.get("normalize_activations", "none")
+        if norm in (None, False, True):
+            norm = "expected_average_only_in" if norm else "none"
+        if norm not in ("none", "expected_average_only_in"):
+            # SAELens applies "expected_average_only_in" only through a scaling factor it
+            # folds in when loading; the others change the forward pass.
+            raise ValueError(f"normalize_activations={norm!r} is not supported (only 'none')")
+        if cfg.get("reshape_activations", "none") != "none":
+            raise ValueError("reshape_activations (hook_z SAEs) is not supported")
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            raise ValueError("rescale_acts_by_decoder_norm=true is not supported")
+        known = {
+            "sae_lens_version",
+            "sae_lens_training_version",
+            "model_name",
+            "hook_name",
+            "hook_head_index",
+            "prepend_bos",
+            "trained_with",
+            "trained_architecture",
+            "k",
+            "threshold",
+        }
+        extra = {k2: v for k2, v in meta.items() if k2 not in known}
+        threshold = None
+        if arch == "jumprelu" and meta.get("trained_architecture") == "batchtopk":
+            arch, k, threshold = "batchtopk", meta.get("k"), meta.get("threshold")
+        if arch not in ("standard", "topk", "jumprelu", "batchtopk"):
+            raise ValueError(f"SAE architecture {arch!r} is not supported")
+        return cls(
+            d_in=int(cfg["d_in"]),
+            d_sae=int(cfg["d_sae"]),
+            architecture=arch,
+            hook_name=hook,
+            model_name=flat.get("model_name"),
+            k=k,
+            threshold=threshold,
+            apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+            dtype=str(cfg.get("dtype", "float32")).replace("torch.", ""),
+            metadata=extra,
+        )
+
+
+def weight_names(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors of a SAELens file for this config, with their shapes."""
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    if cfg.architecture in ("jumprelu", "batchtopk"):
+        shapes["threshold"] = (cfg.d_sae,)
+    return shapes

@@ -1,0 +1,98 @@
+"""SAE folders in SAELens's format: ``cfg.json`` + ``sae_weights.safetensors``.
+
+This module only reads and writes files (NumPy arrays in, NumPy arrays out), so that
+both backends load the very same bytes; the math lives in each backend separately.
+A folder is written whole into a temporary sibling and moved into place in one step,
+so an interrupted save never leaves a half-written SAE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .config import SAEConfig, weight_names
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+
+def write_folder_atomic(folder: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_folder)``, then move the finished folder to ``folder`` in one step."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        write(tmp)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / "x")
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def save_sae_folder(folder: str | os.PathLike, cfg: SAEConfig, weights: dict[str, np.ndarray]):
+    """Write cfg.json and sae_weights.safetensors (float32 unless cfg.dtype says otherwise)."""
+    from safetensors.numpy import save_file
+
+    expected = weight_names(cfg)
+    if set(weights) != set(expected):
+        raise ValueError(f"weights {sorted(weights)} do not match {sorted(expected)}")
+    arrays = {}
+    for name, shape in expected.items():
+        a = np.ascontiguousarray(weights[name], dtype=np.dtype(cfg.dtype))
+        if a.shape != shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+        arrays[name] = a
+
+    def write(tmp: Path) -> None:
+        save_file(arrays, str(tmp / WEIGHTS_FILENAME))
+        (tmp / CFG_FILENAME).write_text(json.dumps(cfg.to_saelens(), indent=2) + "\n")
+
+    return write_folder_atomic(folder, write)
+
+
+def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.ndarray]]:
+    """Read a SAELens SAE folder into (config, float32 NumPy weights), checking every shape."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not an SAE folder: no {CFG_FILENAME}")
+    if not w_path.is_file():
+        raise FileNotFoundError(f"{folder} is not an SAE folder: no {WEIGHTS_FILENAME}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON ({e.msg})") from None
+    cfg = SAEConfig.from_saelens(raw)
+    tensors = load_file(str(w_path))
+    if "log_threshold" in tensors and "threshold" not in tensors:
+        tensors["threshold"] = np.exp(tensors.pop("log_threshold"))
+    weights = {}
+    for name, shape in weight_names(cfg).items():
+        if name not in tensors:
+            if name == "b_enc":  # some SAE files have no encoder bias
+                tensors[name] = np.zeros(shape, np.float32)
+            else:
+                raise ValueError(f"{w_path} has no tensor {name!r}")
+        a = np.asarray(tensors[name], dtype=np.float32)
+        if a.shape != shape:
+            raise ValueError(
+                f"{w_path}: {name} has shape {a.shape}, expected {shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}"
+            )
+        weights[name] = a
+    cfg.dtype = "float32"
+    return cfg, weights

@@ -1,0 +1,356 @@
+"""Sparse autoencoders in MLX: standard (ReLU + L1), TopK, BatchTopK and JumpReLU.
+
+The math is a set of pure functions of a parameter dict, so that the trainer can
+``mx.compile`` and differentiate them; the ``SAE`` class wraps them for use.
+
+    x_in = x - b_dec                  (if apply_b_dec_to_input)
+    pre  = x_in @ W_enc + b_enc       (batch, d_sae)
+    f    = standard:  relu(pre)
+           topk:      relu(pre) on the k largest entries of pre per row, 0 elsewhere
+           batchtopk: training: the k * batch largest entries of relu(pre) in the batch
+                      inference: pre where pre > threshold (one global threshold)
+           jumprelu:  relu(pre) where pre > threshold_i (one threshold per latent)
+    x_hat = f @ W_dec + b_dec
+
+For TopK, ``decode_sparse`` reconstructs from the k active latents only, gathering their
+k decoder rows instead of multiplying by all d_sae of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import numpy as np
+
+from .config import SAEConfig, weight_names
+from .files import load_sae_folder, save_sae_folder
+
+# --- activation functions --------------------------------------------------------------
+
+
+def topk_indices(pre: mx.array, k: int) -> mx.array:
+    """Indices (batch, k) of the k largest entries of each row (in no particular order)."""
+    return mx.argpartition(-pre, kth=k - 1, axis=-1)[..., :k]
+
+
+def topk_sparse(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """(values, indices), each (batch, k): relu of the k largest pre-activations per row."""
+    idx = topk_indices(mx.stop_gradient(pre), k)
+    return mx.maximum(mx.take_along_axis(pre, idx, axis=-1), 0), idx
+
+
+def topk_dense(pre: mx.array, k: int) -> mx.array:
+    """relu(pre) on the k largest entries of each row, zero elsewhere (batch, d_sae)."""
+    kth = mx.stop_gradient(mx.min(mx.topk(pre, k, axis=-1), axis=-1, keepdims=True))
+    return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
+
+
+def batchtopk_dense(pre: mx.array, k: int) -> mx.array:
+    """Keep the k * batch largest entries of relu(pre) over the whole batch."""
+    acts = mx.maximum(pre, 0)
+    n_keep = k * acts.shape[0]
+    kth = mx.stop_gradient(mx.min(mx.topk(acts.reshape(-1), n_keep)))
+    return mx.where((acts >= kth) & (acts > 0), acts, 0)
+
+
+def _rect(u: mx.array) -> mx.array:
+    return ((u > -0.5) & (u < 0.5)).astype(u.dtype)
+
+
+_STE_CACHE: dict[float, tuple] = {}
+
+
+def jumprelu_ste(bandwidth: float):
+    """JumpReLU z * H(z - theta) and the step H(z - theta) with straight-through gradients.
+
+    Rajamanoharan et al. (2024): with a rectangle kernel K of width ``bandwidth`` (eps),
+    d jumprelu / d theta = -(theta / eps) K((z - theta) / eps), d step / d theta =
+    -(1 / eps) K((z - theta) / eps); d jumprelu / dz = H(z - theta), d step / dz = 0.
+    """
+    if bandwidth in _STE_CACHE:
+        return _STE_CACHE[bandwidth]
+    eps = float(bandwidth)
+
+    @mx.custom_function
+    def jumprelu(z, theta):
+        return z * (z > theta).astype(z.dtype)
+
+    @jumprelu.vjp
+    def jumprelu_vjp(primals, cotangent, output):
+        z, theta = primals
+        gz = cotangent * (z > theta).astype(z.dtype)
+        gt = -(theta / eps) * _rect((z - theta) / eps) * cotangent
+        return gz, gt.reshape(-1, theta.shape[-1]).sum(axis=0)
+
+    @mx.custom_function
+    def step(z, theta):
+        return (z > theta).astype(z.dtype)
+
+    @step.vjp
+    def step_vjp(primals, cotangent, output):
+        z, theta = primals
+        gt = -(1.0 / eps) * _rect((z - theta) / eps) * cotangent
+        return mx.zeros_like(z), gt.reshape(-1, theta.shape[-1]).sum(axis=0)
+
+    _STE_CACHE[bandwidth] = (jumprelu, step)
+    return jumprelu, step
+
+
+# --- encode / decode ---------------------------------------------------------------------
+
+
+def pre_activations(params: dict, x: mx.array, apply_b_dec_to_input: bool = True) -> mx.array:
+    x_in = x - params["b_dec"] if apply_b_dec_to_input else x
+    return x_in @ params["W_enc"] + params["b_enc"]
+
+
+def activate(params: dict, pre: mx.array, cfg: SAEConfig) -> mx.array:
+    """Inference activation (batch, d_sae) from pre-activations."""
+    arch = cfg.architecture
+    if arch == "standard":
+        return mx.maximum(pre, 0)
+    if arch == "topk":
+        return topk_dense(pre, cfg.k)
+    # jumprelu and batchtopk (whose per-latent thresholds all equal the global one)
+    return mx.maximum(pre, 0) * (pre > params["threshold"]).astype(pre.dtype)
+
+
+def decode_dense(params: dict, f: mx.array) -> mx.array:
+    return f @ params["W_dec"] + params["b_dec"]
+
+
+def decode_sparse(params: dict, values: mx.array, indices: mx.array) -> mx.array:
+    """sum_j values[b, j] * W_dec[indices[b, j]] + b_dec: a gather of k decoder rows per row."""
+    rows = params["W_dec"][indices]  # (batch, k, d_in)
+    return (values[:, None, :] @ rows)[:, 0, :] + params["b_dec"]
+
+
+# --- training losses -----------------------------------------------------------------------
+
+
+def loss_terms(
+    params: dict,
+    x: mx.array,
+    cfg: SAEConfig,
+    *,
+    sparsity_coeff: float | mx.array = 0.0,
+    dead_mask: mx.array | None = None,
+    aux_k: int | None = None,
+    aux_coeff: float = 1 / 32,
+    bandwidth: float = 0.05,
+    sparse_decode: bool = True,
+) -> tuple[mx.array, dict]:
+    """The training loss of one batch and its parts; every term is a mean over the batch.
+
+    mse      = mean_b sum_d (x_hat - x)^2
+    standard:  + sparsity_coeff * mean_b sum_i f_i ||W_dec_i||                (L1, decoder norms)
+    topk, batchtopk: + aux_coeff * min(n_dead / k_aux, 1) * mean_b sum_d (e_hat - e)^2 (AuxK)
+               e = x - x_hat (no gradient), e_hat = the k_aux largest dead latents' relu(pre)
+               decoded without b_dec (Gao et al. 2024); zero when no latent is dead
+    jumprelu:  + sparsity_coeff * mean_b sum_i H(pre_i - theta_i)              (L0, STE)
+    For jumprelu ``params`` holds ``log_threshold`` (theta = exp(log_threshold)).
+    """
+    arch = cfg.architecture
+    pre = pre_activations(params, x, cfg.apply_b_dec_to_input)
+    parts = {}
+    if arch == "topk" and sparse_decode:
+        values, idx = topk_sparse(pre, cfg.k)
+        x_hat = decode_sparse(params, values, idx)
+        f = None
+        l0 = mx.array(float(cfg.k))
+    else:
+        if arch == "standard":
+            f = mx.maximum(pre, 0)
+        elif arch == "topk":
+            f = topk_dense(pre, cfg.k)
+        elif arch == "batchtopk":
+            f = batchtopk_dense(pre, cfg.k)
+        else:
+            jumprelu, step = jumprelu_ste(bandwidth)
+            theta = mx.exp(params["log_threshold"])
+            f = jumprelu(pre, theta)
+        x_hat = decode_dense(params, f)
+        l0 = (f > 0).sum(axis=-1).astype(mx.float32).mean()
+    err = x_hat - x
+    mse = (err * err).sum(axis=-1).mean()
+    loss = mse
+    parts["mse"] = mse
+    if arch == "standard":
+        dec_norm = mx.sqrt((params["W_dec"] ** 2).sum(axis=-1))
+        sparsity = (f * dec_norm).sum(axis=-1).mean()
+        loss = loss + sparsity_coeff * sparsity
+        parts["sparsity"] = sparsity
+    elif arch == "jumprelu":
+        sparsity = step(pre, theta).sum(axis=-1).mean()
+        loss = loss + sparsity_coeff * sparsity
+        parts["sparsity"] = sparsity
+    elif dead_mask is not None:
+        k_aux = min(aux_k or cfg.d_in // 2, cfg.d_sae)
+        aux_pre = mx.where(dead_mask, pre, -mx.inf)
+        kth = mx.stop_gradient(mx.min(mx.topk(aux_pre, k_aux, axis=-1), axis=-1, keepdims=True))
+        aux_acts = mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
+        e = mx.stop_gradient(x - x_hat)
+        e_hat = aux_acts @ params["W_dec"]
+        aux = ((e_hat - e) ** 2).sum(axis=-1).mean()
+        scale = mx.minimum(dead_mask.sum().astype(mx.float32) / k_aux, 1.0)
+        loss = loss + aux_coeff * scale * aux
+        parts["aux"] = aux
+    parts["l0"] = l0
+    return loss, {"x_hat": x_hat, "f": f, "pre": pre, **parts}
+
+
+def renormalise_decoder(params: dict) -> dict:
+    """Scale every decoder row to unit norm (TopK, BatchTopK, JumpReLU)."""
+    w = params["W_dec"]
+    return {**params, "W_dec": w / mx.sqrt((w * w).sum(axis=-1, keepdims=True))}
+
+
+# --- initialisation --------------------------------------------------------------------------
+
+
+def geometric_median(x: np.ndarray, iters: int = 30, tol: float = 1e-6) -> np.ndarray:
+    """Weiszfeld's algorithm in float64, starting from the mean."""
+    x = np.asarray(x, dtype=np.float64)
+    y = x.mean(axis=0)
+    for _ in range(iters):
+        d = np.maximum(np.linalg.norm(x - y, axis=1), 1e-12)
+        w = 1.0 / d
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if np.linalg.norm(y_new - y) <= tol * max(np.linalg.norm(y), 1.0):
+            return y_new
+        y = y_new
+    return y
+
+
+def init_params(
+    cfg: SAEConfig,
+    seed: int = 0,
+    data_sample: np.ndarray | None = None,
+    b_dec_init: str = "geometric_median",
+    threshold_init: float = 0.01,
+    dec_norm: float | None = None,
+) -> dict[str, np.ndarray]:
+    """NumPy initial weights (the same for both backends, from one seed).
+
+    W_dec rows: random directions with unit norm (``dec_norm`` for the standard SAE,
+    0.1 by default as in Anthropic's April 2024 update); W_enc = W_dec.T; b_enc = 0;
+    b_dec = the geometric median (or mean, or zero) of ``data_sample``; thresholds
+    ``threshold_init`` (jumprelu) and 0 (batchtopk, set from the first batch).
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((cfg.d_sae, cfg.d_in))
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    if cfg.architecture == "standard":
+        w *= 0.1 if dec_norm is None else dec_norm
+    elif dec_norm is not None:
+        w *= dec_norm
+    params = {
+        "W_dec": w.astype(np.float32),
+        "W_enc": np.ascontiguousarray(w.T).astype(np.float32),
+        "b_enc": np.zeros(cfg.d_sae, np.float32),
+        "b_dec": np.zeros(cfg.d_in, np.float32),
+    }
+    if data_sample is not None and b_dec_init != "zeros":
+        if b_dec_init == "geometric_median":
+            params["b_dec"] = geometric_median(data_sample).astype(np.float32)
+        elif b_dec_init == "mean":
+            params["b_dec"] = np.asarray(data_sample, np.float64).mean(0).astype(np.float32)
+        else:
+            raise ValueError(
+                f"b_dec_init must be geometric_median, mean or zeros, not {b_dec_init!r}"
+            )
+    if cfg.architecture == "jumprelu":
+        params["threshold"] = np.full(cfg.d_sae, threshold_init, np.float32)
+    elif cfg.architecture == "batchtopk":
+        params["threshold"] = np.full(cfg.d_sae, cfg.threshold or 0.0, np.float32)
+    return params
+
+
+# --- the SAE ------------------------------------------------------------------------------
+
+
+class SAE:
+    """An SAE in MLX. ``encode(x)`` -> (..., d_sae), ``decode(f)`` -> (..., d_in),
+    ``sae(x)`` -> (latents, reconstruction); ``SAE.load(folder)`` / ``sae.save(folder)``
+    read and write SAELens folders."""
+
+    def __init__(self, cfg: SAEConfig, params: dict | None = None, seed: int = 0):
+        self.cfg = cfg
+        if params is None:
+            params = init_params(cfg, seed)
+        expected = weight_names(cfg)
+        if set(params) != set(expected):
+            raise ValueError(f"SAE weights {sorted(params)} do not match {sorted(expected)}")
+        self.params = {k: mx.array(np.asarray(v, np.float32)) for k, v in params.items()}
+        for k, shape in expected.items():
+            if tuple(self.params[k].shape) != shape:
+                raise ValueError(f"{k} has shape {tuple(self.params[k].shape)}, expected {shape}")
+
+    # the weights by name, as in SAELens
+    def __getattr__(self, name):
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(name)
+
+    def _flat(self, x, width: int, what: str):
+        x = mx.array(x) if not isinstance(x, mx.array) else x
+        if x.shape[-1] != width:
+            raise ValueError(
+                f"{what} has last dimension {x.shape[-1]}, but this SAE expects {width}"
+                + (f" (hook {self.cfg.hook_name})" if self.cfg.hook_name else "")
+            )
+        return x.reshape(-1, width).astype(mx.float32), x.shape[:-1]
+
+    def encode(self, x) -> mx.array:
+        x2, lead = self._flat(x, self.cfg.d_in, "input")
+        pre = pre_activations(self.params, x2, self.cfg.apply_b_dec_to_input)
+        return activate(self.params, pre, self.cfg).reshape(*lead, self.cfg.d_sae)
+
+    def encode_sparse(self, x) -> tuple[mx.array, mx.array]:
+        """TopK only: (values, indices), each (batch, k)."""
+        if self.cfg.architecture != "topk":
+            raise ValueError("encode_sparse is for TopK SAEs")
+        x2, _ = self._flat(x, self.cfg.d_in, "input")
+        return topk_sparse(
+            pre_activations(self.params, x2, self.cfg.apply_b_dec_to_input), self.cfg.k
+        )
+
+    def decode(self, f) -> mx.array:
+        f2, lead = self._flat(f, self.cfg.d_sae, "latents")
+        return decode_dense(self.params, f2).reshape(*lead, self.cfg.d_in)
+
+    def decode_sparse(self, values: mx.array, indices: mx.array) -> mx.array:
+        return decode_sparse(self.params, values, indices)
+
+    def reconstruct(self, x) -> mx.array:
+        """decode(encode(x)), through the sparse path for TopK."""
+        x2, lead = self._flat(x, self.cfg.d_in, "input")
+        if self.cfg.architecture == "topk":
+            out = decode_sparse(self.params, *self.encode_sparse(x2))
+        else:
+            out = decode_dense(self.params, self.encode(x2))
+        return out.reshape(*lead, self.cfg.d_in)
+
+    def __call__(self, x) -> tuple[mx.array, mx.array]:
+        f = self.encode(x)
+        return f, self.decode(f)
+
+    def numpy_params(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in self.params.items()}
+
+    def save(self, folder: str | os.PathLike):
+        return save_sae_folder(folder, self.cfg, self.numpy_params())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> SAE:
+        cfg, weights = load_sae_folder(folder)
+        return cls(cfg, weights)
+
+    def __repr__(self) -> str:
+        extra = f", k={self.cfg.k}" if self.cfg.k else ""
+        return (
+            f"SAE({self.cfg.architecture}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{extra}, "
+            f"hook={self.cfg.hook_name})"
+        )
