@@ -158,7 +158,8 @@ def loss_terms(
         values, idx = topk_sparse(pre, cfg.k)
         x_hat = decode_sparse(params, values, idx)
         f = None
-        l0 = mx.array(float(cfg.k))
+        parts["indices"], parts["values"] = idx, values
+        l0 = (values > 0).sum(axis=-1).astype(mx.float32).mean()
     else:
         if arch == "standard":
             f = mx.maximum(pre, 0)

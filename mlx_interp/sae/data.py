@@ -1,0 +1,233 @@
+"""Activations for SAE training: sources, the shuffle buffer, schedules (NumPy only).
+
+This is bookkeeping, not SAE math, so both trainers (MLX and torch_ref) use it: the same
+seed gives both the same batches, which is what lets their loss curves be compared.
+
+A *source* is a callable ``open(cursor) -> iterator of (next_cursor, {hook: rows})``
+yielding float32 NumPy chunks of shape (n_rows, d_in) for every hook (the same rows,
+token for token, across hooks). ``cursor`` is an integer the source can restart from
+without redoing earlier work, so that a resumed run reads exactly what it would have read.
+
+The shuffle buffer collects chunks until it holds ``buffer_rows`` rows, shuffles them
+with a generator seeded by (seed, block number), and hands out fixed-size batches; the
+rows left over (fewer than a batch) open the next block. Its state is small (the block
+number, the source cursor at the block's start, the leftover rows and how many batches
+of the block were given out), so a checkpoint can hold it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+Chunk = dict[str, np.ndarray]
+Source = Callable[[int], Iterator[tuple[int, Chunk]]]
+
+
+# --- rows to leave out -----------------------------------------------------------------------
+
+
+def massive_row_mask(rows: np.ndarray, factor: float = 10.0) -> np.ndarray:
+    """True for rows whose norm exceeds ``factor`` times the median row norm of the chunk.
+
+    SmolLM2's residual stream has a few positions (the first token, separators) with norms
+    of 10,000 or more against a few hundred for ordinary tokens; left in, they dominate
+    every mean-squared quantity. Such rows are excluded from training and from the metrics
+    (and counted apart).
+    """
+    norms = np.linalg.norm(rows.astype(np.float64), axis=-1)
+    return norms > factor * np.median(norms)
+
+
+def check_finite(chunk: Chunk) -> None:
+    for hook, rows in chunk.items():
+        if not np.all(np.isfinite(rows)):
+            bad = int((~np.isfinite(rows)).any(axis=-1).sum())
+            raise ValueError(f"activations of {hook} contain NaN or inf ({bad} rows)")
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def array_source(arrays: Chunk, chunk_rows: int = 65536) -> Source:
+    """A source over in-memory (or memory-mapped) arrays, one per hook, same row count."""
+    n = {a.shape[0] for a in arrays.values()}
+    if len(n) != 1:
+        raise ValueError("every hook needs the same number of rows")
+    (n_rows,) = n
+
+    def open_at(cursor: int):
+        for start in range(cursor, n_rows, chunk_rows):
+            stop = min(start + chunk_rows, n_rows)
+            yield stop, {h: np.asarray(a[start:stop], dtype=np.float32) for h, a in arrays.items()}
+
+    return open_at
+
+
+SHARD_SUFFIX = ".npy"
+
+
+def shard_path(folder: str | Path, hook: str) -> Path:
+    return Path(folder) / f"{hook}{SHARD_SUFFIX}"
+
+
+def shard_source(folder: str | Path, hooks: list[str]) -> tuple[Source, int]:
+    """A source over activation files ``<folder>/<hook>.npy`` (memory-mapped); and their rows."""
+    arrays = {}
+    for h in hooks:
+        p = shard_path(folder, h)
+        if not p.is_file():
+            raise FileNotFoundError(f"no activations for {h} in {folder} (expected {p.name})")
+        arrays[h] = np.load(p, mmap_mode="r")
+    n = next(iter(arrays.values())).shape[0]
+    return array_source(arrays), n
+
+
+def model_source(
+    run_batch: Callable[[np.ndarray, list[str]], Chunk],
+    sequences: np.ndarray,
+    hooks: list[str],
+    batch_size: int = 8,
+    skip_first: int = 1,
+    massive_factor: float | None = 10.0,
+    stats: dict | None = None,
+) -> Source:
+    """Stream activations from a model: ``run_batch(tokens (b, ctx), hooks) -> {hook: (b, ctx, d)}``.
+
+    ``sequences`` (n, ctx) are token ids; the cursor counts sequences. The first
+    ``skip_first`` positions of every sequence (the BOS token) are left out, and rows
+    that are massive (``massive_row_mask``) at any of the hooks; ``stats`` counts both.
+    """
+    if stats is None:
+        stats = {}
+    stats.setdefault("rows_kept", 0)
+    stats.setdefault("rows_massive", 0)
+
+    def open_at(cursor: int):
+        for start in range(cursor, len(sequences), batch_size):
+            stop = min(start + batch_size, len(sequences))
+            acts = run_batch(sequences[start:stop], hooks)
+            chunk = {h: np.asarray(a[:, skip_first:], np.float32) for h, a in acts.items()}
+            chunk = {h: a.reshape(-1, a.shape[-1]) for h, a in chunk.items()}
+            check_finite(chunk)
+            keep = np.ones(next(iter(chunk.values())).shape[0], bool)
+            if massive_factor:
+                for rows in chunk.values():
+                    keep &= ~massive_row_mask(rows, massive_factor)
+            stats["rows_kept"] += int(keep.sum())
+            stats["rows_massive"] += int((~keep).sum())
+            yield stop, {h: a[keep] for h, a in chunk.items()}
+
+    return open_at
+
+
+def pack_sequences(token_lists: list[list[int]], context_length: int, bos: int | None, eos):
+    """Concatenate tokenised texts (separated by ``eos``) and cut into rows of
+    ``context_length`` tokens, each starting with ``bos`` (when the model has one)."""
+    body = context_length - (1 if bos is not None else 0)
+    flat: list[int] = []
+    for toks in token_lists:
+        flat.extend(toks)
+        if eos is not None:
+            flat.append(eos)
+    n = len(flat) // body
+    if n == 0:
+        raise ValueError(
+            f"the text gives {len(flat)} tokens, fewer than one sequence of {context_length}"
+        )
+    arr = np.asarray(flat[: n * body], dtype=np.int64).reshape(n, body)
+    if bos is not None:
+        arr = np.concatenate([np.full((n, 1), bos, np.int64), arr], axis=1)
+    return arr
+
+
+# --- the shuffle buffer ---------------------------------------------------------------------------
+
+
+class ShuffleBuffer:
+    """Fixed-size shuffled batches from a source, resumable from a small state dict."""
+
+    def __init__(self, source: Source, batch_size: int, buffer_rows: int, seed: int, state=None):
+        if buffer_rows < batch_size:
+            buffer_rows = batch_size
+        self.source, self.batch_size, self.buffer_rows, self.seed = (
+            source,
+            batch_size,
+            buffer_rows,
+            seed,
+        )
+        state = state or {}
+        self.block = int(state.get("block", 0))
+        self.block_cursor = int(state.get("block_cursor", 0))
+        self.carry: Chunk | None = state.get("carry")
+        self.emitted = int(state.get("emitted", 0))
+        self.exhausted = False
+
+    def state(self) -> dict:
+        """The position: resuming from it gives the batches that were still to come."""
+        return {
+            "block": self.block,
+            "block_cursor": self.block_cursor,
+            "carry": self.carry,
+            "emitted": self.emitted,
+        }
+
+    def __iter__(self) -> Iterator[Chunk]:
+        it = self.source(self.block_cursor)
+        cursor = self.block_cursor
+        skip = self.emitted
+        while True:
+            parts = [self.carry] if self.carry else []
+            n = sum(next(iter(p.values())).shape[0] for p in parts)
+            while n < self.buffer_rows:
+                try:
+                    cursor, chunk = next(it)
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                parts.append(chunk)
+                n += next(iter(chunk.values())).shape[0]
+            if n < self.batch_size:
+                return
+            hooks = list(parts[0])
+            block = {h: np.concatenate([p[h] for p in parts]) for h in hooks}
+            perm = np.random.default_rng([self.seed, self.block]).permutation(n)
+            n_batches = n // self.batch_size
+            for b in range(skip, n_batches):
+                rows = perm[b * self.batch_size : (b + 1) * self.batch_size]
+                self.emitted = b + 1
+                yield {h: block[h][rows] for h in hooks}
+            skip = 0
+            rest = perm[n_batches * self.batch_size :]
+            self.carry = {h: block[h][rest] for h in hooks} if len(rest) else None
+            self.block += 1
+            self.block_cursor = cursor
+            self.emitted = 0
+            if self.exhausted:
+                return
+
+
+# --- schedules --------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, decay_frac: float) -> float:
+    """Linear warm-up over ``warmup_steps``, constant, then linear decay to zero over the
+    last ``decay_frac`` of the steps (Anthropic's April 2024 recipe)."""
+    f = min(1.0, (step + 1) / max(warmup_steps, 1))
+    decay_steps = int(decay_frac * total_steps)
+    if decay_steps > 0 and step >= total_steps - decay_steps:
+        f = min(f, (total_steps - step) / decay_steps)
+    return lr * f
+
+
+def coeff_at(step: int, coeff: float, warmup_steps: int) -> float:
+    """The sparsity coefficient, ramped linearly from 0 over ``warmup_steps``."""
+    return coeff * min(1.0, (step + 1) / max(warmup_steps, 1))
+
+
+def default_lr(d_sae: int) -> float:
+    """2e-4 scaled by 1/sqrt(d_sae / 2^14) (Gao et al. 2024's fit), capped at 1e-3."""
+    return min(1e-3, 2e-4 / math.sqrt(d_sae / 2**14))

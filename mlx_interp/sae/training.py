@@ -1,0 +1,499 @@
+"""Training SAEs: the configuration, a backend-neutral driver, and the MLX backend.
+
+The driver (``train_sae``) pulls fixed-size batches from the shuffle buffer, sets the
+learning rate (warm-up, then linear decay) and the sparsity coefficient (warm-up), asks
+the backend for one optimisation step per hook, logs L0 / explained variance / dead
+fraction every ``log_every`` steps, and writes a checkpoint every ``checkpoint_every``
+steps (atomically: a killed run resumes from the last complete one). Several hook
+points are trained from one stream of batches (one model forward pass feeds them all).
+
+The MLX backend's step is a pure function of (state, batch, schedule scalars) compiled
+with ``mx.compile``; the batch shape never changes, and the host reads numbers back only
+at logging steps. The optimiser is Adam with bias correction, written out (the torch_ref
+trainer writes the same update independently).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .config import SAEConfig
+from .data import ShuffleBuffer, coeff_at, default_lr, lr_at
+from .files import write_folder_atomic
+
+UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (shared by every hook point of the run)."""
+
+    architecture: str = "topk"
+    d_sae: int | None = None
+    expansion: int | None = None  # d_sae = expansion * d_in when d_sae is not given
+    k: int | None = 32
+    tokens: int = 1_000_000
+    batch_size: int = 4096
+    lr: float | None = None  # None: default_lr(d_sae)
+    lr_warmup_steps: int = 100
+    lr_decay_frac: float = 0.2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    sparsity_coeff: float | None = None  # L1 (standard, 5.0) or L0 (jumprelu, 1.0)
+    sparsity_warmup_frac: float = 0.05
+    aux_coeff: float = 1 / 32
+    aux_k: int | None = None  # None: d_in // 2
+    dead_tokens: int = 1_000_000  # a latent is dead after this many tokens without firing
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.01
+    batchtopk_threshold_rate: float = 0.01
+    normalize_activations: bool = True  # scale inputs to mean norm sqrt(d_in)
+    b_dec_init: str = "geometric_median"
+    init_rows: int = 16384
+    buffer_rows: int = 65536
+    sparse_decode: bool = True
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def resolve(self, d_in: int) -> TrainConfig:
+        """Fill the derived fields for an input width; checks every value."""
+        if self.architecture not in ("standard", "topk", "batchtopk", "jumprelu"):
+            raise ValueError(f"unknown architecture {self.architecture!r}")
+        d_sae = self.d_sae or (self.expansion or 16) * d_in
+        out = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out.d_sae, out.expansion = int(d_sae), None
+        if out.lr is None:
+            out.lr = default_lr(out.d_sae)
+        if out.sparsity_coeff is None:
+            out.sparsity_coeff = {"standard": 5.0, "jumprelu": 1.0}.get(self.architecture, 0.0)
+        if self.architecture in ("topk", "batchtopk"):
+            if self.k is None or not 1 <= self.k <= out.d_sae:
+                raise ValueError(f"k={self.k} must be between 1 and d_sae={out.d_sae}")
+        else:
+            out.k = None
+        if out.batch_size < 1 or out.tokens < out.batch_size:
+            raise ValueError(f"tokens ({out.tokens}) must be at least one batch ({out.batch_size})")
+        out.adam_betas = tuple(out.adam_betas)
+        return out
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    def sae_config(self, d_in: int, hook: str | None, model_name: str | None) -> SAEConfig:
+        return SAEConfig(
+            d_in=d_in,
+            d_sae=self.d_sae,
+            architecture=self.architecture,
+            hook_name=hook,
+            model_name=model_name,
+            k=self.k,
+        )
+
+
+# --- the MLX backend ---------------------------------------------------------------------------
+
+
+class MLXBackend:
+    """One SAE's training state in MLX and its compiled step."""
+
+    name = "mlx"
+
+    def __init__(self, cfg: SAEConfig, tc: TrainConfig, params: dict, scale: float):
+        import mlx.core as mx
+
+        self.mx, self.cfg, self.tc = mx, cfg, tc
+        p = {k: mx.array(v) for k, v in params.items()}
+        thr = 0.0
+        if cfg.architecture == "jumprelu":
+            p["log_threshold"] = mx.log(p.pop("threshold"))
+        elif cfg.architecture == "batchtopk":
+            thr = float(np.asarray(params["threshold"])[0])
+            p.pop("threshold")
+        self.state = {
+            "params": p,
+            "m": {k: mx.zeros_like(v) for k, v in p.items()},
+            "v": {k: mx.zeros_like(v) for k, v in p.items()},
+            "since_fired": mx.zeros(cfg.d_sae, dtype=mx.int32),
+            "threshold": mx.array(thr, dtype=mx.float32),
+            "scale": mx.array(scale, dtype=mx.float32),
+        }
+        self._steps = {}
+        self._acc = None
+
+    def _make_step(self, with_aux: bool):
+        mx, cfg, tc = self.mx, self.cfg, self.tc
+        from .sae import loss_terms, renormalise_decoder
+
+        b1, b2 = tc.adam_betas
+        eps = tc.adam_eps
+
+        def step(state, x, lr, coeff, bc1, bc2):
+            x = x * state["scale"]
+            dead = (state["since_fired"] > tc.dead_tokens) if with_aux else None
+
+            def lossfn(p):
+                return loss_terms(
+                    p,
+                    x,
+                    cfg,
+                    sparsity_coeff=coeff,
+                    dead_mask=dead,
+                    aux_k=tc.aux_k,
+                    aux_coeff=tc.aux_coeff,
+                    bandwidth=tc.jumprelu_bandwidth,
+                    sparse_decode=tc.sparse_decode,
+                )
+
+            (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
+            new_p, new_m, new_v = {}, {}, {}
+            for name, p in state["params"].items():
+                g = grads[name]
+                m = b1 * state["m"][name] + (1 - b1) * g
+                v = b2 * state["v"][name] + (1 - b2) * g * g
+                new_p[name] = p - lr * (m / bc1) / (mx.sqrt(v / bc2) + eps)
+                new_m[name], new_v[name] = m, v
+            if cfg.architecture in UNIT_NORM_DECODER:
+                new_p = renormalise_decoder(new_p)
+            if out["f"] is None:  # sparse TopK: latents that fired, from the indices
+                hits = (out["values"] > 0).astype(mx.float32).reshape(-1)
+                counts = mx.zeros(cfg.d_sae).at[out["indices"].reshape(-1)].add(hits)
+                fired = counts > 0
+            else:
+                fired = (out["f"] > 0).any(axis=0)
+            n = x.shape[0]
+            since = mx.where(fired, 0, state["since_fired"] + n).astype(mx.int32)
+            thr = state["threshold"]
+            if cfg.architecture == "batchtopk":
+                f = out["f"]
+                low = mx.min(mx.where(f > 0, f, mx.inf))
+                r = tc.batchtopk_threshold_rate
+                upd = mx.where(thr == 0, low, (1 - r) * thr + r * low)
+                thr = mx.where(mx.isinf(low), thr, upd)
+            centred = x - x.mean(axis=0)
+            metrics = {
+                "loss": loss,
+                "mse": out["mse"],
+                "var": (centred * centred).sum(axis=-1).mean(),
+                "l0": out["l0"],
+            }
+            new_state = {
+                "params": new_p,
+                "m": new_m,
+                "v": new_v,
+                "since_fired": since,
+                "threshold": thr,
+                "scale": state["scale"],
+            }
+            return new_state, metrics
+
+        return mx.compile(step)
+
+    def step(self, x: np.ndarray, lr: float, coeff: float, t: int, with_aux: bool) -> None:
+        mx = self.mx
+        if with_aux not in self._steps:
+            self._steps[with_aux] = self._make_step(with_aux)
+        b1, b2 = self.tc.adam_betas
+        scalars = [mx.array(v, dtype=mx.float32) for v in (lr, coeff, 1 - b1**t, 1 - b2**t)]
+        self.state, metrics = self._steps[with_aux](self.state, mx.array(x), *scalars)
+        if self._acc is None:
+            self._acc = {k: v for k, v in metrics.items()}
+            self._acc["n"] = mx.array(1.0)
+        else:
+            self._acc = {k: self._acc[k] + metrics.get(k, 1.0) for k in self._acc}
+        mx.eval(self.state, self._acc)
+
+    def pop_metrics(self) -> dict:
+        acc = {k: float(v.item()) for k, v in self._acc.items()}
+        self._acc = None
+        n = acc.pop("n")
+        return {
+            "loss": acc["loss"] / n,
+            "mse": acc["mse"] / n,
+            "explained_variance": 1 - acc["mse"] / acc["var"],
+            "l0": acc["l0"] / n,
+        }
+
+    def n_dead(self) -> int:
+        return int((self.state["since_fired"] > self.tc.dead_tokens).sum().item())
+
+    def state_numpy(self) -> dict[str, np.ndarray]:
+        s = self.state
+        out = {f"params.{k}": np.array(v) for k, v in s["params"].items()}
+        out.update({f"m.{k}": np.array(v) for k, v in s["m"].items()})
+        out.update({f"v.{k}": np.array(v) for k, v in s["v"].items()})
+        for k in ("since_fired", "threshold", "scale"):
+            out[k] = np.array(s[k])
+        return out
+
+    def load_state_numpy(self, d: dict[str, np.ndarray]) -> None:
+        mx = self.mx
+        s = {"params": {}, "m": {}, "v": {}}
+        for key, val in d.items():
+            if "." in key:
+                group, name = key.split(".", 1)
+                s[group][name] = mx.array(val)
+            else:
+                s[key] = mx.array(val)
+        self.state = s
+
+    def raw_params(self) -> dict[str, np.ndarray]:
+        """Trained parameters in the (normalised) training units, as NumPy."""
+        return {k: np.array(v) for k, v in self.state["params"].items()}
+
+    def global_threshold(self) -> float:
+        return float(self.state["threshold"].item())
+
+
+def export_params(
+    cfg: SAEConfig, raw: dict[str, np.ndarray], scale: float, threshold: float
+) -> dict[str, np.ndarray]:
+    """Inference weights in the hook's raw units: the input scale folded in
+    (W_enc * s, W_dec / s, b_dec / s), thresholds as SAELens stores them."""
+    p = {k: np.asarray(v, np.float64) for k, v in raw.items()}
+    out = {
+        "W_enc": p["W_enc"] * scale,
+        "b_enc": p["b_enc"],
+        "W_dec": p["W_dec"] / scale,
+        "b_dec": p["b_dec"] / scale,
+    }
+    if cfg.architecture == "jumprelu":
+        out["threshold"] = np.exp(p["log_threshold"])
+    elif cfg.architecture == "batchtopk":
+        out["threshold"] = np.full(cfg.d_sae, threshold)
+        cfg.threshold = float(threshold)
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _hook_file(hook: str) -> str:
+    return hook.replace("/", "_")
+
+
+def save_checkpoint(out: Path, meta: dict, backends: dict, buffer_state: dict) -> None:
+    from safetensors.numpy import save_file
+
+    def write(tmp: Path) -> None:
+        for hook, be in backends.items():
+            save_file(be.state_numpy(), str(tmp / f"{_hook_file(hook)}.safetensors"))
+        carry = buffer_state.get("carry")
+        if carry:
+            np.savez(tmp / "carry.npz", **{_hook_file(h): a for h, a in carry.items()})
+        state = {k: v for k, v in buffer_state.items() if k != "carry"}
+        (tmp / "trainer.json").write_text(json.dumps({**meta, "buffer": state}, indent=1))
+
+    write_folder_atomic(out / CHECKPOINT_DIR, write)
+
+
+def load_checkpoint(out: Path, hooks: list[str]):
+    from safetensors.numpy import load_file
+
+    folder = out / CHECKPOINT_DIR
+    if not (folder / "trainer.json").is_file():
+        return None
+    meta = json.loads((folder / "trainer.json").read_text())
+    states = {h: load_file(str(folder / f"{_hook_file(h)}.safetensors")) for h in hooks}
+    buffer = dict(meta.pop("buffer"))
+    carry_path = folder / "carry.npz"
+    if carry_path.is_file():
+        with np.load(carry_path) as z:
+            buffer["carry"] = {h: z[_hook_file(h)] for h in hooks}
+    return meta, states, buffer
+
+
+def _init_sample(source, hooks: list[str], n_rows: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {h: [] for h in hooks}
+    n = 0
+    for _, chunk in source(0):
+        for h in hooks:
+            parts[h].append(chunk[h])
+        n += next(iter(chunk.values())).shape[0]
+        if n >= n_rows:
+            break
+    if n == 0:
+        raise ValueError("the activation source is empty")
+    return {h: np.concatenate(parts[h])[:n_rows] for h in hooks}
+
+
+def train_sae(
+    source,
+    hooks: list[str],
+    d_in: int,
+    tc: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    backend: str = "mlx",
+    model_name: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    metadata: dict | None = None,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Train one SAE per hook on batches from ``source``; write ``out/<hook>/`` SAELens folders.
+
+    Returns a summary dict (per hook: final metrics, the log) that is also written to
+    ``out/training.json``. ``stop_after_steps`` ends early (leaving a checkpoint), as a
+    killed run would; a later call with the same arguments resumes.
+    """
+    from .sae import init_params
+
+    out = Path(out)
+    tc = tc.resolve(d_in)
+    make = _backend_class(backend)
+    total = tc.total_steps
+    meta_cfg = {k: v for k, v in asdict(tc).items()}
+    ckpt = load_checkpoint(out, hooks) if resume else None
+    cfgs = {h: tc.sae_config(d_in, h, model_name) for h in hooks}
+    if ckpt is not None:
+        meta, states, buffer_state = ckpt
+        if meta["train_config"] != json.loads(json.dumps(meta_cfg)) or meta["hooks"] != hooks:
+            raise ValueError(
+                f"{out / CHECKPOINT_DIR} is from a run with other settings; use another --out or delete it"
+            )
+        backends = {}
+        for h in hooks:
+            be = make(cfgs[h], tc, _placeholder_params(cfgs[h]), 1.0)
+            be.load_state_numpy(states[h])
+            backends[h] = be
+        step, log = meta["step"], meta["log"]
+        scales = meta["scales"]
+    else:
+        sample = _init_sample(source, hooks, tc.init_rows)
+        backends, scales = {}, {}
+        for i, h in enumerate(hooks):
+            rows = sample[h].astype(np.float64)
+            scale = (
+                math.sqrt(d_in) / float(np.linalg.norm(rows, axis=1).mean())
+                if tc.normalize_activations
+                else 1.0
+            )
+            params = init_params(
+                cfgs[h],
+                seed=tc.seed + i,
+                data_sample=rows[:4096] * scale,
+                b_dec_init=tc.b_dec_init,
+                threshold_init=tc.jumprelu_init_threshold,
+            )
+            backends[h] = make(cfgs[h], tc, params, scale)
+            scales[h] = scale
+        step, log, buffer_state = 0, [], None
+    buffer = ShuffleBuffer(source, tc.batch_size, tc.buffer_rows, tc.seed, buffer_state)
+    with_aux = {h: False for h in hooks}
+    if step > 0 and tc.architecture in ("topk", "batchtopk"):
+        with_aux = {h: backends[h].n_dead() > 0 for h in hooks}
+    bar = _progress(total, step, progress)
+    t0, tokens0, last_ckpt = time.perf_counter(), step * tc.batch_size, step
+    meta = {"train_config": meta_cfg, "hooks": hooks, "scales": scales, "backend": backend}
+    for batch in buffer:
+        if step >= total:
+            break
+        lr = lr_at(step, total, tc.lr, tc.lr_warmup_steps, tc.lr_decay_frac)
+        coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
+        for h in hooks:
+            backends[h].step(batch[h], lr, coeff, step + 1, with_aux[h])
+        step += 1
+        bar.update(1)
+        if step % tc.log_every == 0 or step == total:
+            elapsed = time.perf_counter() - t0
+            row = {"step": step, "tokens": step * tc.batch_size, "lr": lr}
+            row["tokens_per_s"] = (step * tc.batch_size - tokens0) / max(elapsed, 1e-9)
+            for h in hooks:
+                m = backends[h].pop_metrics()
+                n_dead = backends[h].n_dead()
+                m["dead_fraction"] = n_dead / tc.d_sae
+                with_aux[h] = tc.architecture in ("topk", "batchtopk") and n_dead > 0
+                row[h] = m
+            log.append(row)
+            first = row[hooks[0]]
+            bar.set_postfix(
+                L0=f"{first['l0']:.1f}",
+                EV=f"{first['explained_variance']:.3f}",
+                dead=f"{first['dead_fraction']:.3f}",
+                tok_s=f"{row['tokens_per_s']:.0f}",
+            )
+        if step % tc.checkpoint_every == 0 or step == total:
+            save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
+            last_ckpt = step
+        if stop_after_steps is not None and step >= stop_after_steps:
+            break
+    bar.close()
+    if step > last_ckpt:
+        save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
+    if step < total and stop_after_steps is None:
+        raise ValueError(
+            f"the data ran out after {step} of {total} steps ({step * tc.batch_size} tokens); "
+            "give more text or fewer --tokens"
+        )
+    summary = {"backend": backend, "steps": step, "tokens": step * tc.batch_size, "hooks": {}}
+    summary["train_config"] = meta_cfg
+    for h in hooks:
+        be = backends[h]
+        cfg = cfgs[h]
+        cfg.metadata = dict(metadata or {})
+        weights = export_params(cfg, be.raw_params(), scales[h], be.global_threshold())
+        if step >= total:
+            _save_sae(out / h, cfg, weights)
+        summary["hooks"][h] = {
+            "folder": str(out / h),
+            "final": log[-1][h] if log else None,
+            "input_scale": scales[h],
+        }
+    summary["log"] = log
+    if step >= total:
+        from ..io import write_json
+
+        write_json(out / "training.json", summary)
+    return summary
+
+
+def _save_sae(folder: Path, cfg: SAEConfig, weights: dict) -> None:
+    from .files import save_sae_folder
+
+    save_sae_folder(folder, cfg, weights)
+
+
+def _placeholder_params(cfg: SAEConfig) -> dict[str, np.ndarray]:
+    from .config import weight_names
+
+    return {k: np.ones(s, np.float32) for k, s in weight_names(cfg).items()}
+
+
+def _backend_class(name: str):
+    if name == "mlx":
+        return MLXBackend
+    if name == "torch":
+        from torch_ref.sae_train import TorchBackend
+
+        return TorchBackend
+    raise ValueError(f"backend must be 'mlx' or 'torch', not {name!r}")
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
