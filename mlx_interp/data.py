@@ -1,0 +1,296 @@
+"""Text sources: files, folders, JSONL, Hugging Face datasets, and the offline default corpus.
+
+Every source is an iterator of documents (strings) in a fixed order, so that the same
+data always gives the same token stream (extraction resumes by skipping a known number of
+context windows, and SAE runs are reproducible).
+
+The default corpus is text that every install has offline: the docstrings of the Python
+standard library and of the packages mlx-interp depends on (read with ``ast``, never
+imported), the ``.rst``/``.md`` documentation files shipped inside those packages, and the
+long descriptions (READMEs) of the installed distributions. Exact duplicates are dropped,
+the order is fixed (package, file, line), and about 5% of the documents, chosen by a hash of
+their text, form a held-out split. It is built once (a minute or two) and cached as JSONL in
+the mlx-interp cache folder (``$MLX_INTERP_CACHE/corpus``, else ``~/.cache/mlx-interp/corpus``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sysconfig
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .io import write_text
+
+# Version of the corpus recipe: bump it when the recipe changes, so caches are rebuilt.
+CORPUS_VERSION = 1
+# Packages whose docstrings and shipped docs join the standard library's (those missing
+# on a machine are skipped; the README states the token count on the reference install).
+CORPUS_PACKAGES = (
+    "numpy",
+    "torch",
+    "transformers",
+    "matplotlib",
+    "huggingface_hub",
+    "tokenizers",
+    "safetensors",
+    "gguf",
+    "tqdm",
+    "jinja2",
+    "yaml",
+    "requests",
+    "packaging",
+    "filelock",
+    "fsspec",
+    "sympy",
+    "networkx",
+    "pytest",
+    "_pytest",
+    "setuptools",
+    "pip",
+)
+# Distributions whose long description (README) joins the corpus.
+CORPUS_DISTRIBUTIONS = frozenset(
+    "numpy torch transformers matplotlib huggingface-hub tokenizers safetensors gguf tqdm "
+    "jinja2 pyyaml requests packaging filelock fsspec sympy networkx pytest setuptools pip "
+    "mlx mlx-metal ruff pillow regex urllib3 certifi idna charset-normalizer".split()
+)
+MIN_DOC_CHARS = 40  # shorter docstrings ("Return x.") add little but separators
+MAX_FILE_BYTES = 2_000_000
+HELDOUT_EVERY = 20  # one document in 20 (by hash of its text) is held out
+SPLITS = ("train", "heldout", "all")
+
+
+# ------------------------------------------------------------------ splits
+def is_heldout(text: str) -> bool:
+    """Whether a document belongs to the held-out split (a fixed hash of its text)."""
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "little") % HELDOUT_EVERY == 0
+
+
+def split_documents(docs: Iterable[str], split: str = "all") -> Iterator[str]:
+    """Keep the documents of one split: 'train', 'heldout' (1 in 20, by text hash) or 'all'."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    for d in docs:
+        if split == "all" or is_heldout(d) == (split == "heldout"):
+            yield d
+
+
+# ------------------------------------------------------------- user sources
+def read_documents(source: str | os.PathLike, text_field: str = "text") -> Iterator[str]:
+    """The documents of a data source, in a fixed order. Checks the source before yielding.
+
+    - a ``.jsonl`` file: the ``text_field`` of each line;
+    - a folder: every ``.txt`` file below it (sorted by path), one document each;
+    - any other file: plain text, documents separated by blank lines if it has any,
+      otherwise one document per non-empty line;
+    - a name that is no path: a Hugging Face dataset from the local cache (needs the
+      ``datasets`` package; nothing is downloaded).
+
+    Raises a one-line ValueError for a missing, unreadable or empty source.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"data folder {path} holds no .txt files")
+        docs = (_read(p).strip() for p in files)
+        return _nonempty((d for d in docs if d), path)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            return _nonempty(_jsonl_texts(path, text_field), path)
+        return _nonempty(iter(_split_text(_read(path))), path)
+    if _looks_like_path(str(source)):
+        raise ValueError(f"data file {source} does not exist")
+    return _nonempty(_hf_dataset_texts(str(source), text_field), source)
+
+
+def _looks_like_path(s: str) -> bool:
+    """A file name (with a suffix, or starting with / . ~) rather than a dataset name."""
+    return s.startswith((".", "/", "~")) or Path(s).suffix != ""
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read data file {path} ({e.strerror})") from None
+
+
+def _split_text(text: str) -> list[str]:
+    """Blank-line separated paragraphs if the text has blank lines, else non-empty lines."""
+    if re.search(r"\n[ \t]*\n", text):
+        parts = re.split(r"\n[ \t]*\n", text)
+    else:
+        parts = text.splitlines()
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise ValueError(f"{path}:{lineno}: no string field {field!r}")
+            if obj[field].strip():
+                yield obj[field]
+
+
+def _hf_dataset_texts(name: str, field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"data file {name} does not exist (nor is the `datasets` package installed to "
+            "read it as a Hugging Face dataset name)"
+        ) from None
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as e:  # noqa: BLE001 - any failure: not cached, unknown name, offline
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"cannot load Hugging Face dataset {name!r} from the local cache: {first}"
+        ) from None
+    if field not in ds.column_names:
+        raise ValueError(f"dataset {name!r} has no column {field!r} (it has {ds.column_names})")
+    return (t for t in ds[field] if isinstance(t, str) and t.strip())
+
+
+def _nonempty(docs: Iterator[str], where) -> Iterator[str]:
+    """Check there is at least one document before anything else happens."""
+    first = next(docs, None)
+    if first is None:
+        raise ValueError(f"data {where} holds no text")
+
+    def chain():
+        yield first
+        yield from docs
+
+    return chain()
+
+
+# ----------------------------------------------------------- default corpus
+def corpus_path() -> Path:
+    from .sources import cache_root
+
+    return cache_root() / "corpus" / f"default-v{CORPUS_VERSION}.jsonl"
+
+
+def default_corpus(split: str = "train") -> Iterator[str]:
+    """The offline default corpus (see the module docstring), built and cached on first use.
+
+    split: 'train' (95%), 'heldout' (5%) or 'all'.
+    """
+    path = corpus_path()
+    if not path.exists():
+        build_default_corpus(path)
+    return split_documents(_jsonl_texts(path, "text"), split)
+
+
+def build_default_corpus(path: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Collect, deduplicate and write the default corpus (JSONL, one {"text", "source"} a line)."""
+    path = Path(path) if path is not None else corpus_path()
+    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))]
+    for name in CORPUS_PACKAGES:
+        root = _package_root(name)
+        if root is not None:
+            roots.append((name, root))
+    seen: set[bytes] = set()
+    lines: list[str] = []
+    n_chars = 0
+    for label, root in roots:
+        if progress:
+            print(f"corpus: reading {label} ({root})", flush=True)
+        for source, text in _root_documents(label, root):
+            key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if key in seen:
+                continue
+            seen.add(key)
+            n_chars += len(text)
+            lines.append(json.dumps({"text": text, "source": source}, ensure_ascii=False))
+    for source, text in _distribution_descriptions():
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            n_chars += len(text)
+            lines.append(json.dumps({"text": text, "source": source}, ensure_ascii=False))
+    write_text(path, "\n".join(lines) + "\n")
+    if progress:
+        print(f"corpus: {len(lines)} documents, {n_chars / 1e6:.1f} M characters -> {path}")
+    return path
+
+
+def _package_root(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__", "_vendor", "vendored"}
+
+
+def _root_documents(label: str, root: Path) -> Iterator[tuple[str, str]]:
+    """(source, text) for every docstring of the .py files and every .rst/.md file under root."""
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root)
+        if any(part in _SKIP_DIRS for part in rel.parts[:-1]) or not f.is_file():
+            continue
+        if f.suffix not in (".py", ".rst", ".md") or f.stat().st_size > MAX_FILE_BYTES:
+            continue
+        where = f"{label}/{rel.as_posix()}"
+        if f.suffix == ".py":
+            for lineno, doc in _docstrings(f):
+                yield f"{where}:{lineno}", doc
+        else:
+            text = f.read_text(encoding="utf-8", errors="replace").strip()
+            if len(text) >= MIN_DOC_CHARS:
+                yield where, text
+
+
+def _docstrings(path: Path) -> list[tuple[int, str]]:
+    """The module, class and function docstrings of a source file, in source order."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc and len(doc) >= MIN_DOC_CHARS:
+                out.append((getattr(node, "lineno", 1), doc))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
+def _distribution_descriptions() -> Iterator[tuple[str, str]]:
+    """The long descriptions (usually the README) of the installed distributions, by name."""
+    from importlib.metadata import distributions
+
+    found = {}
+    for dist in distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        if name not in CORPUS_DISTRIBUTIONS:
+            continue
+        body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else None
+        body = body or dist.metadata.get("Description") or ""
+        if name and len(body.strip()) >= MIN_DOC_CHARS and name not in found:
+            found[name] = body.strip()
+    for name in sorted(found):
+        yield f"dist/{name}", found[name]
