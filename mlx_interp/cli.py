@@ -16,6 +16,9 @@ DEFAULT_PROMPTS = [
 ]
 
 
+HEATMAP_TEXT = "The Eiffel Tower is in Paris. The Colosseum is in Rome, and the Acropolis is in"
+
+
 def cmd_info(args) -> int:
     from . import load_model
     from .system import blas_info, mlx_device, package_versions
@@ -106,7 +109,7 @@ def cmd_demo(args) -> int:
     print(f"      {report.summary()}")
 
     print("[4/4] residual-stream norm heatmap", flush=True)
-    png = residual_norm_heatmap(model, prompts[0], out / "residual_norms.png")
+    png = residual_norm_heatmap(model, HEATMAP_TEXT, out / "residual_norms.png")
 
     elapsed = time.perf_counter() - t0
     machine = machine_summary()
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands of the activation-analysis work register here (extract, tokens, analyze).
     # Commands of the SAE work register here (train-sae, eval-sae).
+    from .sae.commands import add_commands as add_sae_commands
+
+    add_sae_commands(sub, add_model)
     return p
 
 

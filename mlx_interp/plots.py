@@ -45,38 +45,36 @@ def residual_norms(model, text: str) -> tuple[list[str], np.ndarray]:
     return model.to_str_tokens(tokens[0]), np.array(norms)
 
 
+def token_labels(str_tokens: list[str]) -> list[str]:
+    """Printable token labels: spaces as '·', newlines and tabs escaped."""
+    return [repr(t)[1:-1].replace(" ", "·") for t in str_tokens]
+
+
 def residual_norm_heatmap(model, text: str, path: str | Path, title: str | None = None) -> Path:
-    """Heatmap of residual-stream norms, layers × tokens, on a log colour scale.
+    """Heatmap of residual-stream norms, tokens × layers, on a log colour scale.
 
     A log scale, because a few positions (the first token, separators) carry norms
     a hundred times those of ordinary tokens in many models ("massive activations").
     Writes ``path`` (PNG) and the same numbers as ``path`` with suffix .csv.
     """
     str_tokens, norms = residual_norms(model, text)
-    labels = [repr(t)[1:-1] for t in str_tokens]
-    n_rows = norms.shape[0]
+    labels = token_labels(str_tokens)
+    columns = ["embed"] + [f"{i}" for i in range(norms.shape[0] - 1)]
     fig, ax = plt.subplots(
-        figsize=(max(6.0, 0.45 * len(labels) + 2), max(3.5, 0.28 * n_rows + 1.5))
+        figsize=(max(6.0, 0.28 * len(columns) + 3), max(2.5, 0.32 * len(labels) + 1.6))
     )
     im = ax.imshow(
-        norms,
-        aspect="auto",
-        cmap="viridis",
+        norms.T, aspect="auto", cmap="viridis", interpolation="nearest",
         norm=LogNorm(vmin=norms.min(), vmax=norms.max()),
-        origin="lower",
-        interpolation="nearest",
-    )
-    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n_rows), ["embed"] + [f"L{i}" for i in range(n_rows - 1)], fontsize=7)
-    ax.set_xlabel("token")
-    ax.set_ylabel("residual stream after block")
+    )  # fmt: skip
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(len(columns)), columns, fontsize=7)
+    ax.set_xlabel("residual stream after block (embed = before block 0)")
+    ax.set_ylabel("token")
     ax.set_title(title or f"Residual stream norm by token and layer ({model.source})")
     fig.colorbar(im, ax=ax, label="‖resid‖ (L2 norm, log scale)")
     png = save_figure(fig, path)
-    rows = [[i, lab, *[f"{v:.4g}" for v in norms[:, i]]] for i, lab in enumerate(str_tokens)]
-    write_csv(
-        Path(path).with_suffix(".csv"),
-        ["position", "token", "embed", *[f"L{i}" for i in range(n_rows - 1)]],
-        rows,
-    )
+    header = ["position", "token", *[c if c == "embed" else f"L{c}" for c in columns]]
+    rows = [[i, t, *[f"{v:.4g}" for v in norms[:, i]]] for i, t in enumerate(str_tokens)]
+    write_csv(Path(path).with_suffix(".csv"), header, rows)
     return png
