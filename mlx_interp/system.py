@@ -27,10 +27,17 @@ def blas_info() -> str:
     path = _cblas_sgemm_library()
     if path is None:
         return "unknown"
-    name = os.path.basename(path)
+    from . import blas
+
+    late = (
+        "; loaded after mlx.core was imported, so MLX may still use its bundled BLAS: "
+        "import mlx_interp first"
+        if blas.loaded_late and path == blas.loaded
+        else ""
+    )
     for pattern, label in [("openblas", "OpenBLAS"), ("mkl", "Intel MKL"), ("blis", "BLIS")]:
-        if pattern in name.lower():
-            return f"{label} ({path})"
+        if pattern in path.lower():
+            return f"{label} ({path}){late}"
     if "mlx_cpu.libs" in path:
         return f"reference BLAS (netlib, bundled with mlx[cpu]: {path})"
     return path
