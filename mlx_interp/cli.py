@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     # Commands of the activation-analysis work register here (extract, tokens, analyze).
+    from .activation_commands import add_commands as add_activation_commands
+
+    add_activation_commands(sub, add_model)
     # Commands of the SAE work register here (train-sae, eval-sae).
     from .sae.commands import add_commands as add_sae_commands
 

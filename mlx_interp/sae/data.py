@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -67,83 +66,6 @@ def array_source(arrays: Chunk, chunk_rows: int = 65536) -> Source:
     return open_at
 
 
-SHARD_SUFFIX = ".npy"
-
-
-def shard_path(folder: str | Path, hook: str) -> Path:
-    return Path(folder) / f"{hook}{SHARD_SUFFIX}"
-
-
-def shard_source(folder: str | Path, hooks: list[str]) -> tuple[Source, int]:
-    """A source over activation files ``<folder>/<hook>.npy`` (memory-mapped); and their rows."""
-    arrays = {}
-    for h in hooks:
-        p = shard_path(folder, h)
-        if not p.is_file():
-            raise FileNotFoundError(f"no activations for {h} in {folder} (expected {p.name})")
-        arrays[h] = np.load(p, mmap_mode="r")
-    n = next(iter(arrays.values())).shape[0]
-    return array_source(arrays), n
-
-
-def model_source(
-    run_batch: Callable[[np.ndarray, list[str]], Chunk],
-    sequences: np.ndarray,
-    hooks: list[str],
-    batch_size: int = 8,
-    skip_first: int = 1,
-    massive_factor: float | None = 10.0,
-    stats: dict | None = None,
-) -> Source:
-    """Stream activations from a model: ``run_batch(tokens (b, ctx), hooks) -> {hook: (b, ctx, d)}``.
-
-    ``sequences`` (n, ctx) are token ids; the cursor counts sequences. The first
-    ``skip_first`` positions of every sequence (the BOS token) are left out, and rows
-    that are massive (``massive_row_mask``) at any of the hooks; ``stats`` counts both.
-    """
-    if stats is None:
-        stats = {}
-    stats.setdefault("rows_kept", 0)
-    stats.setdefault("rows_massive", 0)
-
-    def open_at(cursor: int):
-        for start in range(cursor, len(sequences), batch_size):
-            stop = min(start + batch_size, len(sequences))
-            acts = run_batch(sequences[start:stop], hooks)
-            chunk = {h: np.asarray(a[:, skip_first:], np.float32) for h, a in acts.items()}
-            chunk = {h: a.reshape(-1, a.shape[-1]) for h, a in chunk.items()}
-            check_finite(chunk)
-            keep = np.ones(next(iter(chunk.values())).shape[0], bool)
-            if massive_factor:
-                for rows in chunk.values():
-                    keep &= ~massive_row_mask(rows, massive_factor)
-            stats["rows_kept"] += int(keep.sum())
-            stats["rows_massive"] += int((~keep).sum())
-            yield stop, {h: a[keep] for h, a in chunk.items()}
-
-    return open_at
-
-
-def pack_sequences(token_lists: list[list[int]], context_length: int, bos: int | None, eos):
-    """Concatenate tokenised texts (separated by ``eos``) and cut into rows of
-    ``context_length`` tokens, each starting with ``bos`` (when the model has one)."""
-    body = context_length - (1 if bos is not None else 0)
-    flat: list[int] = []
-    for toks in token_lists:
-        flat.extend(toks)
-        if eos is not None:
-            flat.append(eos)
-    n = len(flat) // body
-    if n == 0:
-        raise ValueError(
-            f"the text gives {len(flat)} tokens, fewer than one sequence of {context_length}"
-        )
-    arr = np.asarray(flat[: n * body], dtype=np.int64).reshape(n, body)
-    if bos is not None:
-        arr = np.concatenate([np.full((n, 1), bos, np.int64), arr], axis=1)
-    return arr
-
-
 # --- the shuffle buffer ---------------------------------------------------------------------------
 
 
@@ -188,6 +110,7 @@ class ShuffleBuffer:
                 except StopIteration:
                     self.exhausted = True
                     break
+                check_finite(chunk)
                 parts.append(chunk)
                 n += next(iter(chunk.values())).shape[0]
             if n < self.batch_size:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SAEConfig
-from .data import ShuffleBuffer, coeff_at, default_lr, lr_at
+from .data import ShuffleBuffer, check_finite, coeff_at, default_lr, lr_at
 from .files import write_folder_atomic
 
 UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
@@ -317,6 +317,10 @@ def _init_sample(source, hooks: list[str], n_rows: int) -> dict[str, np.ndarray]
     parts: dict[str, list] = {h: [] for h in hooks}
     n = 0
     for _, chunk in source(0):
+        check_finite(chunk)
+        missing = [h for h in hooks if h not in chunk]
+        if missing:
+            raise ValueError(f"the activation source has no {', '.join(missing)}")
         for h in hooks:
             parts[h].append(chunk[h])
         n += next(iter(chunk.values())).shape[0]
@@ -330,7 +334,7 @@ def _init_sample(source, hooks: list[str], n_rows: int) -> dict[str, np.ndarray]
 def train_sae(
     source,
     hooks: list[str],
-    d_in: int,
+    d_in: int | dict[str, int] | None,
     tc: TrainConfig,
     out: str | os.PathLike,
     *,
@@ -350,32 +354,47 @@ def train_sae(
     from .sae import init_params
 
     out = Path(out)
-    tc = tc.resolve(d_in)
     make = _backend_class(backend)
-    total = tc.total_steps
-    meta_cfg = {k: v for k, v in asdict(tc).items()}
+    if len(set(hooks)) != len(hooks) or not hooks:
+        raise ValueError(f"give each hook point once (got {hooks})")
     ckpt = load_checkpoint(out, hooks) if resume else None
-    cfgs = {h: tc.sae_config(d_in, h, model_name) for h in hooks}
+    sample = None
+    if ckpt is not None:
+        d_ins = ckpt[0]["d_in"]
+    else:
+        sample = _init_sample(source, hooks, tc.init_rows)
+        d_ins = {h: int(sample[h].shape[1]) for h in hooks}
+    if isinstance(d_in, int):
+        d_in = {h: d_in for h in hooks}
+    for h in hooks:
+        if d_in is not None and d_in.get(h, d_ins[h]) != d_ins[h]:
+            raise ValueError(f"{h} activations have width {d_ins[h]}, expected {d_in[h]}")
+    tcs = {h: tc.resolve(d_ins[h]) for h in hooks}
+    tc = tcs[hooks[0]]
+    total = tc.total_steps
+    meta_cfg = {h: asdict(tcs[h]) for h in hooks}
+    cfgs = {h: tcs[h].sae_config(d_ins[h], h, model_name) for h in hooks}
     if ckpt is not None:
         meta, states, buffer_state = ckpt
         if meta["train_config"] != json.loads(json.dumps(meta_cfg)) or meta["hooks"] != hooks:
             raise ValueError(
                 f"{out / CHECKPOINT_DIR} is from a run with other settings; use another --out or delete it"
             )
+        if meta["backend"] != backend:
+            raise ValueError(f"{out / CHECKPOINT_DIR} was written by the {meta['backend']} backend")
         backends = {}
         for h in hooks:
-            be = make(cfgs[h], tc, _placeholder_params(cfgs[h]), 1.0)
+            be = make(cfgs[h], tcs[h], _placeholder_params(cfgs[h]), 1.0)
             be.load_state_numpy(states[h])
             backends[h] = be
         step, log = meta["step"], meta["log"]
         scales = meta["scales"]
     else:
-        sample = _init_sample(source, hooks, tc.init_rows)
         backends, scales = {}, {}
         for i, h in enumerate(hooks):
             rows = sample[h].astype(np.float64)
             scale = (
-                math.sqrt(d_in) / float(np.linalg.norm(rows, axis=1).mean())
+                math.sqrt(d_ins[h]) / float(np.linalg.norm(rows, axis=1).mean())
                 if tc.normalize_activations
                 else 1.0
             )
@@ -386,7 +405,7 @@ def train_sae(
                 b_dec_init=tc.b_dec_init,
                 threshold_init=tc.jumprelu_init_threshold,
             )
-            backends[h] = make(cfgs[h], tc, params, scale)
+            backends[h] = make(cfgs[h], tcs[h], params, scale)
             scales[h] = scale
         step, log, buffer_state = 0, [], None
     buffer = ShuffleBuffer(source, tc.batch_size, tc.buffer_rows, tc.seed, buffer_state)
@@ -395,24 +414,31 @@ def train_sae(
         with_aux = {h: backends[h].n_dead() > 0 for h in hooks}
     bar = _progress(total, step, progress)
     t0, tokens0, last_ckpt = time.perf_counter(), step * tc.batch_size, step
-    meta = {"train_config": meta_cfg, "hooks": hooks, "scales": scales, "backend": backend}
+    meta = {
+        "train_config": meta_cfg,
+        "hooks": hooks,
+        "d_in": d_ins,
+        "scales": scales,
+        "backend": backend,
+    }
     for batch in buffer:
         if step >= total:
             break
-        lr = lr_at(step, total, tc.lr, tc.lr_warmup_steps, tc.lr_decay_frac)
-        coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
         for h in hooks:
+            lr = lr_at(step, total, tcs[h].lr, tc.lr_warmup_steps, tc.lr_decay_frac)
+            coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
             backends[h].step(batch[h], lr, coeff, step + 1, with_aux[h])
         step += 1
         bar.update(1)
         if step % tc.log_every == 0 or step == total:
             elapsed = time.perf_counter() - t0
-            row = {"step": step, "tokens": step * tc.batch_size, "lr": lr}
+            row = {"step": step, "tokens": step * tc.batch_size}
             row["tokens_per_s"] = (step * tc.batch_size - tokens0) / max(elapsed, 1e-9)
             for h in hooks:
                 m = backends[h].pop_metrics()
                 n_dead = backends[h].n_dead()
                 m["dead_fraction"] = n_dead / tc.d_sae
+                m["lr"] = lr_at(step - 1, total, tcs[h].lr, tc.lr_warmup_steps, tc.lr_decay_frac)
                 with_aux[h] = tc.architecture in ("topk", "batchtopk") and n_dead > 0
                 row[h] = m
             log.append(row)

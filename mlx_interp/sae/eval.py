@@ -1,0 +1,210 @@
+"""Evaluating an SAE on a model: reconstruction metrics and the SAE spliced into the model.
+
+See ``mlx_interp.sae.metrics`` for the definitions. The model runs in MLX; the SAE's math
+runs in the chosen backend (``mlx`` or ``torch``) on the clean activations, and the
+reconstruction is spliced in with a forward hook (everything upstream of the hook is
+unchanged, so the clean activation is the one the SAE would see).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import MetricAccumulator, log10_density_histogram
+
+
+def _load(folder, backend: str):
+    if backend == "mlx":
+        from .sae import SAE
+
+        sae = SAE.load(folder)
+
+        def run(x: np.ndarray):
+            import mlx.core as mx
+
+            f = sae.encode(mx.array(x))
+            x_hat = sae.decode(f)
+            return np.asarray(f), np.asarray(x_hat)
+
+    elif backend == "torch":
+        import torch
+
+        from torch_ref.sae import SAE
+
+        sae = SAE.load(folder)
+
+        def run(x: np.ndarray):
+            f, x_hat = sae(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+            return f.numpy(), x_hat.numpy()
+
+    else:
+        raise ValueError(f"backend must be 'mlx' or 'torch', not {backend!r}")
+    return sae, run
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def evaluate_sae(
+    sae_folder,
+    model,
+    data: str | None = None,
+    hook: str | None = None,
+    tokens: int = 32768,
+    context_length: int = 128,
+    batch_size: int = 8,
+    backend: str = "mlx",
+    massive_factor: float = 10.0,
+) -> tuple[dict, np.ndarray]:
+    """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density)."""
+    import mlx.core as mx
+
+    from ..activations import NORMAL, iter_windows
+    from .data import massive_row_mask
+    from .stream import texts_opener
+
+    sae, run = _load(sae_folder, backend)
+    hook = hook or sae.cfg.hook_name
+    if hook is None:
+        raise ValueError("the SAE's cfg.json names no hook point; give --hook")
+    model.check_hook_name(hook)
+    texts = texts_opener(data)() if data else _heldout()
+    tok = model._require_tokenizer()
+    acc = MetricAccumulator(sae.cfg.d_sae)
+    acc_massive = MetricAccumulator(sae.cfg.d_sae)
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    kl, n_pred, n_tok, excluded = 0.0, 0, 0, {"special_or_position_0": 0, "massive": 0}
+    checked = False
+    for win in iter_windows(tok, texts, context_length, batch_size):
+        if n_tok >= tokens:
+            break
+        toks = mx.array(win.tokens)
+        logits, cache = model.run_with_cache(toks, names_filter=[hook])
+        acts = np.asarray(cache[hook].astype(mx.float32))
+        b, t = acts.shape[:2]
+        flat = acts.reshape(b * t, -1)
+        if not checked:
+            if flat.shape[1] != sae.cfg.d_in:
+                raise ValueError(
+                    f"the SAE has d_in={sae.cfg.d_in} but {hook} has width {flat.shape[1]}"
+                )
+            checked = True
+        if not np.all(np.isfinite(flat)):
+            raise ValueError(f"activations at {hook} contain NaN or inf")
+        kinds = win.kinds.reshape(-1)
+        ordinary = (kinds == NORMAL) | (kinds == 2)  # NORMAL or LAST: real text tokens
+        ordinary &= np.tile(np.arange(t) > 0, b)
+        massive = np.zeros_like(ordinary)
+        massive[ordinary] = massive_row_mask(flat[ordinary], massive_factor)
+        keep = ordinary & ~massive
+        excluded["special_or_position_0"] += int(((kinds != 3) & ~ordinary).sum())
+        excluded["massive"] += int(massive.sum())
+        f, x_hat = run(flat)
+        acc.add(flat[keep], x_hat[keep], f[keep])
+        acc_massive.add(flat[massive], x_hat[massive], f[massive])
+        n_tok += int(keep.sum())
+        spliced = np.where(keep[:, None], x_hat, flat).reshape(acts.shape)
+        zeroed = np.where(keep[:, None], 0.0, flat).reshape(acts.shape).astype(np.float32)
+        logits_sae = model.run_with_hooks(
+            toks, fwd_hooks=[(hook, lambda x, hook, r=spliced: mx.array(r))]
+        )
+        logits_zero = model.run_with_hooks(
+            toks, fwd_hooks=[(hook, lambda x, hook, r=zeroed: mx.array(r))]
+        )
+        # next-token prediction at every position whose target is a real token
+        target = win.tokens[:, 1:]
+        valid = win.kinds[:, 1:] != 3
+        idx = np.nonzero(valid)
+        lp = {}
+        for name, lg in (("clean", logits), ("sae", logits_sae), ("zero", logits_zero)):
+            z = np.asarray(lg[:, :-1].astype(mx.float32))[idx]
+            lp[name] = _log_softmax(z.astype(np.float64))
+            ce[name] += float(-lp[name][np.arange(len(z)), target[idx]].sum())
+        p_clean = np.exp(lp["clean"])
+        kl += float((p_clean * (lp["clean"] - lp["sae"])).sum())
+        n_pred += len(idx[0])
+    if acc.n == 0:
+        raise ValueError("no evaluation tokens: the data is empty")
+    report = {
+        "sae": str(sae_folder),
+        "hook": hook,
+        "architecture": sae.cfg.architecture,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "k": sae.cfg.k,
+        "backend": backend,
+        "data": data or "default corpus (held-out split)",
+        "context_length": context_length,
+        **acc.result(),
+        "ce_loss_clean": ce["clean"] / n_pred,
+        "ce_loss_sae": ce["sae"] / n_pred,
+        "ce_loss_zero_ablation": ce["zero"] / n_pred,
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
+        "kl_div": kl / n_pred,
+        "n_predictions": n_pred,
+        "rows_left_out": excluded,
+        "massive_rows": acc_massive.result() if acc_massive.n else {"n_rows": 0},
+        "note": (
+            "metrics over ordinary tokens; position 0, special tokens and massive rows "
+            f"(norm > {massive_factor} x the batch median) are left out of the SAE metrics and "
+            "keep their clean values when splicing; massive rows are reported apart"
+        ),
+    }
+    return report, acc.density()
+
+
+def _heldout():
+    from ..data import default_corpus
+
+    return default_corpus("heldout")
+
+
+def print_report(r: dict) -> None:
+    print(
+        f"SAE {r['sae']}  ({r['architecture']}, d_sae={r['d_sae']}, hook {r['hook']}, {r['backend']})"
+    )
+    print(f"  evaluated on {r['n_rows']} tokens of {r['data']}")
+    for key, label in [
+        ("l0", "L0"),
+        ("explained_variance", "explained variance"),
+        ("normalized_mse", "normalised MSE"),
+        ("cosine_similarity", "cosine similarity"),
+        ("dead_fraction", "dead fraction"),
+        ("dense_fraction", "dense fraction (>0.1)"),
+        ("ce_loss_clean", "CE loss clean"),
+        ("ce_loss_sae", "CE loss with SAE"),
+        ("ce_loss_zero_ablation", "CE loss zero ablation"),
+        ("ce_loss_recovered", "CE loss recovered"),
+        ("kl_div", "KL(clean || SAE)"),
+    ]:
+        print(f"  {label:24s} {r[key]:.4f}")
+    m = r["massive_rows"]
+    left = r["rows_left_out"]
+    print(
+        f"  left out: {left['special_or_position_0']} special/position-0 rows, {left['massive']} massive rows"
+        + (
+            f" (explained variance on those: {m['explained_variance']:.3f})"
+            if m.get("n_rows", 0) > 1
+            else ""
+        )
+    )
+
+
+def write_report(out: Path, report: dict, density: np.ndarray) -> list[Path]:
+    from ..io import atomic_path, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    js = write_json(out / "metrics.json", report)
+    png = out / "feature_density.png"
+    with atomic_path(png) as tmp:
+        log10_density_histogram(
+            density,
+            tmp,
+            f"{report['hook']}: {report['architecture']} d_sae={report['d_sae']}, {report['n_rows']} tokens",
+        )
+    return [js, png]

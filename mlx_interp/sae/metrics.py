@@ -1,0 +1,101 @@
+"""SAE metrics, one definition each (the README lists the same).
+
+Over a set of N evaluation rows x (the hook's activations at ordinary tokens: position 0,
+special tokens and massive rows are left out and reported apart), with reconstructions
+x_hat and latents f (N, d_sae):
+
+- L0: mean over rows of the number of latents with f > 0.
+- explained variance: 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (mean over the rows).
+- normalised MSE: sum ||x - x_hat||^2 / sum ||x||^2.
+- cosine similarity: mean over rows of <x, x_hat> / (||x|| ||x_hat||).
+- feature density of latent i: the fraction of the N rows on which f_i > 0.
+- dead fraction: latents with density 0 over the N rows (the window is stated with them).
+- dense fraction: latents with density over 0.1 (firing on more than 1 token in 10).
+- log10 feature-density histogram: of log10(density) over the latents that fired.
+With the SAE spliced into the model (its reconstruction replacing the hook's activation at
+the evaluated rows; the rows left out keep their clean values), on next-token prediction:
+- CE loss recovered: (CE_zero - CE_sae) / (CE_zero - CE_clean), where CE_zero replaces
+  the same rows by zeros (zero ablation).
+- KL divergence: mean over predicted positions of KL(p_clean || p_sae), in nats.
+
+``MetricAccumulator`` gathers the sums batch by batch in float64 NumPy, so the numbers do
+not depend on the backend that computed x_hat and f.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DENSE_THRESHOLD = 0.1
+
+
+class MetricAccumulator:
+    def __init__(self, d_sae: int):
+        self.n = 0
+        self.sq_err = 0.0
+        self.sq_norm = 0.0
+        self.sum_x = None
+        self.l0 = 0.0
+        self.cos = 0.0
+        self.fires = np.zeros(d_sae, np.int64)
+
+    def add(self, x, x_hat, f) -> None:
+        x = np.asarray(x, np.float64)
+        x_hat = np.asarray(x_hat, np.float64)
+        f = np.asarray(f)
+        if len(x) == 0:
+            return
+        active = f > 0
+        self.n += len(x)
+        self.sq_err += float(((x - x_hat) ** 2).sum())
+        self.sq_norm += float((x**2).sum())
+        s = x.sum(axis=0)
+        self.sum_x = s if self.sum_x is None else self.sum_x + s
+        self.l0 += float(active.sum())
+        nx = np.linalg.norm(x, axis=1)
+        nh = np.linalg.norm(x_hat, axis=1)
+        self.cos += float(((x * x_hat).sum(axis=1) / np.maximum(nx * nh, 1e-30)).sum())
+        self.fires += active.sum(axis=0)
+
+    def density(self) -> np.ndarray:
+        return self.fires / max(self.n, 1)
+
+    def result(self) -> dict:
+        if self.n == 0:
+            return {"n_rows": 0}
+        mu = self.sum_x / self.n
+        total_var = self.sq_norm - self.n * float(mu @ mu)
+        dens = self.density()
+        return {
+            "n_rows": self.n,
+            "l0": self.l0 / self.n,
+            "explained_variance": 1 - self.sq_err / total_var,
+            "normalized_mse": self.sq_err / self.sq_norm,
+            "cosine_similarity": self.cos / self.n,
+            "dead_fraction": float((dens == 0).mean()),
+            "dense_fraction": float((dens > DENSE_THRESHOLD).mean()),
+            "density_window_tokens": self.n,
+        }
+
+
+def log10_density_histogram(density: np.ndarray, path, title: str = "") -> None:
+    """Histogram of log10(feature density) over latents that fired; dead ones are counted
+    in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alive = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if len(alive):
+        ax.hist(np.log10(alive), bins=50, color="tab:blue")
+    ax.axvline(np.log10(DENSE_THRESHOLD), color="tab:red", ls="--", lw=1, label="dense (0.1)")
+    ax.set_xlabel("log10 feature density (fraction of tokens with f > 0)")
+    ax.set_ylabel("latents")
+    n_dead = int((density == 0).sum())
+    ax.set_title(title or "feature density", fontsize=10)
+    ax.legend(title=f"dead: {n_dead} of {len(density)}", fontsize=8, title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""Activation sources for the SAE trainer: the model itself, or an extraction on disk.
+
+Both wrap the activation pipeline of ``mlx_interp.activations`` (context windows of the
+data, one forward pass per batch up to the last hook, massive rows left out) and present it
+as a resumable source for the shuffle buffer (``mlx_interp.sae.data``): the cursor counts
+context windows (streaming) or shards (extraction) already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .data import check_finite, massive_row_mask
+
+
+def texts_opener(data: str | None) -> Callable[[], Iterable[str]]:
+    """A function returning a fresh iterator over the documents (None: the default corpus,
+    train split); the source is checked once, here."""
+    from ..data import default_corpus, read_documents
+
+    if data is None:
+        return lambda: default_corpus("train")
+    read_documents(data)  # fail now with a one-line error on a bad path
+    return lambda: read_documents(data)
+
+
+def model_source(
+    model,
+    hooks: list[str],
+    texts: Callable[[], Iterable[str]],
+    *,
+    batch_size: int = 8,
+    context_length: int = 128,
+    massive_factor: float = 10.0,
+    stats: dict | None = None,
+):
+    """Stream rows from ``model`` at ``hooks``; position 0, special tokens and massive rows
+    (norm over ``massive_factor`` x the batch median at any hook) are left out and counted
+    in ``stats['n_excluded']``."""
+    from ..activations import check_hooks, iter_activations
+
+    check_hooks(model, hooks)
+    if stats is None:
+        stats = {}
+    stats.setdefault("n_excluded", {})
+    stats.setdefault("rows", 0)
+
+    def open_at(cursor: int):
+        for batch in iter_activations(
+            model,
+            hooks,
+            texts(),
+            batch_size=batch_size,
+            context_length=context_length,
+            exclude_massive=True,
+            massive_factor=massive_factor,
+            start_window=cursor,
+        ):
+            chunk = {h: np.asarray(batch.acts[h], dtype=np.float32) for h in hooks}
+            check_finite(chunk)
+            for k, v in batch.n_excluded.items():
+                stats["n_excluded"][k] = stats["n_excluded"].get(k, 0) + int(v)
+            stats["rows"] += batch.n_rows
+            yield batch.first_window + len(batch.windows), chunk
+
+    return open_at
+
+
+def extraction_source(folder: str | Path, hooks: list[str], massive_factor: float = 10.0):
+    """Rows from an ``mlx-interp extract`` folder, shard by shard. If the extraction kept
+    massive rows, they are left out here (by the same norm rule)."""
+    from ..activations import _read_meta, iter_shards
+
+    meta = _read_meta(Path(folder))
+    missing = [h for h in hooks if h not in meta["hooks"]]
+    if missing:
+        raise ValueError(
+            f"the extraction in {folder} has no {', '.join(missing)} (it has {', '.join(meta['hooks'])})"
+        )
+    filter_massive = not meta.get("exclude_massive", False)
+
+    def open_at(cursor: int):
+        for i, (_, acts, _rows) in enumerate(iter_shards(folder, hooks)):
+            if i < cursor:
+                continue
+            chunk = {h: acts[h].reshape(acts[h].shape[0], -1) for h in hooks}
+            check_finite(chunk)
+            if filter_massive:
+                keep = np.ones(next(iter(chunk.values())).shape[0], bool)
+                for rows in chunk.values():
+                    keep &= ~massive_row_mask(rows, massive_factor)
+                chunk = {h: a[keep] for h, a in chunk.items()}
+            yield i + 1, chunk
+
+    return open_at
