@@ -247,3 +247,68 @@ def test_explicit_rotary_positions_match_the_fused_kernel(checkpoint_dir):
     np.testing.assert_allclose(
         np.array(rope(x, positions)), np.array(rope(x, None)), rtol=1e-5, atol=1e-5
     )
+
+
+def _copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_pytorch_bin_and_sharded_checkpoints_load_the_same(checkpoint_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = checkpoint_dir("gpt2")
+    hf = AutoModelForCausalLM.from_pretrained(src)
+    bin_dir = tmp_path / "bin"
+    hf.save_pretrained(bin_dir, safe_serialization=False)
+    if not (bin_dir / "pytorch_model.bin").exists():  # transformers 5 may refuse .bin; write it
+        torch.save(hf.state_dict(), bin_dir / "pytorch_model.bin")
+        for f in bin_dir.glob("*.safetensors"):
+            f.unlink()
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    for d in (bin_dir, sharded):
+        for f in src.glob("tokenizer*"):
+            (d / f.name).write_bytes(f.read_bytes())
+    tokens = np.random.default_rng(0).integers(0, 512, (1, 10))
+    want = np.array(load_model(src)(tokens))
+    for d in (bin_dir, sharded):
+        np.testing.assert_allclose(np.array(load_model(d)(tokens)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_corrupt_weights_file_is_a_one_line_error(checkpoint_dir, tmp_path):
+    folder = _copy_checkpoint(checkpoint_dir("gpt2"), tmp_path / "ck")
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated download
+    with pytest.raises(ValueError, match="model.safetensors") as e:
+        load_model(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_weights_that_do_not_fit_the_config_are_a_clear_error(checkpoint_dir, tmp_path):
+    import json
+
+    folder = _copy_checkpoint(checkpoint_dir("llama-mha-tied"), tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_hidden_layers"] = 5
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not fit its config.json") as e:
+        load_model(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_dtype_and_architecture(checkpoint_dir, tmp_path):
+    import json
+
+    with pytest.raises(ValueError, match="dtype"):
+        load_model(checkpoint_dir("gpt2"), dtype="int8")
+    folder = _copy_checkpoint(checkpoint_dir("gpt2"), tmp_path / "ck")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not supported; supported: gpt2, llama"):
+        load_model(folder)
