@@ -82,6 +82,19 @@ class ParityReport:
             )
         return "\n".join(lines)
 
+    def by_kind(self) -> str:
+        """Markdown table: the worst error of each kind of hook point over all layers."""
+        worst: dict[str, Row] = {}
+        for r in self.rows:
+            kind = r.name.split(".", 2)[2] if r.name.startswith("blocks.") else r.name
+            if kind not in worst or r.rel_error > worst[kind].rel_error:
+                worst[kind] = r
+        lines = ["| hook point (worst layer) | relative error | tolerance |", "| --- | --- | --- |"]
+        for kind, r in worst.items():
+            flag = "" if r.ok else " **over**"
+            lines.append(f"| `{kind}` ({r.name}) | {r.rel_error:.1e}{flag} | {r.tolerance:.0e} |")
+        return "\n".join(lines)
+
     def summary(self) -> str:
         worst = self.worst
         verdict = "PASS" if self.ok else f"FAIL, first divergence at {self.first_divergence.name}"
