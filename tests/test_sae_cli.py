@@ -1,0 +1,69 @@
+"""train-sae / eval-sae end to end on a random Llama checkpoint, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from mlx_interp.cli import main
+from mlx_interp.sae import SAE
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while sparse features read text".split()
+    docs = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(300)]
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
+    model = str(checkpoint_dir("llama-gqa-untied"))
+    out = tmp_path / "run"
+    rc = main(["train-sae", "--model", model, "--hook", "blocks.1.hook_resid_post",
+               "--hook", "blocks.2.mlp.hook_post", "--data", str(text_file), "--arch", "topk",
+               "--expansion", "2", "--k", "4", "--tokens", "4096", "--batch-size", "512",
+               "--out", str(out), "--log-every", "4"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "blocks.1.hook_resid_post: L0" in text and "tokens/s" in text
+    sae = SAE.load(out / "blocks.2.mlp.hook_post")
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (160, 320, 4)
+    rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+               "--data", str(text_file), "--tokens", "1000", "--out", str(tmp_path / "ev")])  # fmt: skip
+    assert rc == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("l0", "explained_variance", "normalized_mse", "cosine_similarity", "dead_fraction",
+                "dense_fraction", "ce_loss_recovered", "kl_div", "density_window_tokens"):  # fmt: skip
+        assert key in m
+    assert m["l0"] <= 4 and m["kl_div"] >= 0 and m["rows_left_out"]["special_or_position_0"] > 0
+    assert (tmp_path / "ev" / "feature_density.png").stat().st_size > 1000
+    # the torch_ref backend gives the same metrics on the same SAE
+    rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+               "--data", str(text_file), "--tokens", "1000", "--out", str(tmp_path / "ev2"),
+               "--backend", "torch"])  # fmt: skip
+    m2 = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert m2["explained_variance"] == pytest.approx(m["explained_variance"], rel=1e-4)
+    assert m2["ce_loss_recovered"] == pytest.approx(m["ce_loss_recovered"], rel=1e-3, abs=1e-4)
+    # errors: one line, exit 2
+    capsys.readouterr()
+    rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+               "--hook", "blocks.1.mlp.hook_post", "--data", str(text_file)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "d_in=64" in err and "width 160" in err and err.count("\n") == 1
+
+
+def test_train_errors(checkpoint_dir, text_file, tmp_path, capsys):
+    model = str(checkpoint_dir("llama-gqa-untied"))
+    base = ["train-sae", "--model", model, "--data", str(text_file), "--out", str(tmp_path / "o"),
+            "--tokens", "1024", "--batch-size", "256"]  # fmt: skip
+    rc = main(base + ["--hook", "blocks.9.hook_resid_post"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "blocks.9.hook_resid_post" in err and err.count("\n") == 1
+    rc = main(base + ["--hook", "blocks.0.hook_resid_post", "--d-sae", "16", "--k", "64"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "k=64 must be between 1 and d_sae=16" in err
