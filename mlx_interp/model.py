@@ -226,6 +226,44 @@ class HookedModel:
             tokens, attention_mask, prepend_bos, (), self._hook_table(fwd_hooks), None
         )[0]
 
+    def generate(
+        self,
+        prompt: str | TokensLike,
+        max_new_tokens: int = 20,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+    ) -> str:
+        """The continuation of ``prompt`` (text, without the prompt), token by token.
+
+        Greedy when temperature is 0, else sampled from softmax(logits / temperature) with
+        ``seed``. ``fwd_hooks`` apply at every step, to the whole sequence (no KV cache, so
+        a hook sees every position each time, as in run_with_hooks).
+        """
+        tokens, _ = self._prepare(prompt, None, None)
+        if tokens.shape[0] != 1:
+            raise ValueError("generate takes one prompt")
+        table = self._hook_table(fwd_hooks)
+        key = mx.random.key(seed)
+        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            if tokens.shape[1] >= self.cfg.n_ctx:
+                break
+            logits = self._run(tokens, None, None, (), table, None)[0][:, -1].astype(mx.float32)
+            if temperature > 0:
+                key, sub = mx.random.split(key)
+                nxt = mx.random.categorical(logits / temperature, key=sub)
+            else:
+                nxt = mx.argmax(logits, axis=-1)
+            t = int(nxt.item())
+            new.append(t)
+            if stop_at_eos and t == eos:
+                break
+            tokens = mx.concatenate([tokens, nxt.astype(mx.int32)[:, None]], axis=1)
+        return self._require_tokenizer().decode(new)
+
     def check_hook_name(self, name: str) -> str:
         """Return name if it is a hook point, else raise the close-matches error."""
         if name not in self.hook_names:

@@ -169,6 +169,37 @@ class HookedModel(nn.Module):
         with attached(self.hook_dict, fwd_hooks=fwd_hooks):
             return self.model(tokens, attention_mask)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]] = (),
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+    ) -> str:
+        """The text that follows prompt, one token at a time, recomputing the whole sequence
+        each step with the hooks attached. Greedy when temperature is 0, else sampled."""
+        tokens = self.to_tokens(prompt)
+        generator = torch.Generator().manual_seed(seed)
+        new_ids: list[int] = []
+        for _ in range(max_new_tokens):
+            if tokens.shape[1] >= self.cfg.n_ctx:
+                break
+            logits = self.run_with_hooks(tokens, fwd_hooks)[0, -1].float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                next_id = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                next_id = int(logits.argmax())
+            new_ids.append(next_id)
+            if stop_at_eos and next_id == self.tokenizer.eos_token_id:
+                break
+            next_token = torch.tensor([[next_id]], dtype=tokens.dtype, device=tokens.device)
+            tokens = torch.cat([tokens, next_token], dim=1)
+        return self.tokenizer.decode(new_ids)
+
 
 # ----- loading -----
 

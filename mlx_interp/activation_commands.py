@@ -1,0 +1,226 @@
+"""The activation-analysis commands: extract, tokens, analyze (registered by cli.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def add_commands(sub, add_model) -> None:
+    sp = sub.add_parser(
+        "extract",
+        help="write activations at some hook points over a data set as safetensors shards",
+        description="Write activations as safetensors shards plus metadata.json; rerun the "
+        "same command to resume an interrupted run.",
+    )
+    add_model(sp)
+    sp.add_argument("--hooks", required=True, help="comma-separated hook points")
+    _add_data(sp)
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument(
+        "--positions",
+        default="all",
+        help="'all', 'last' (last token of each document) or a token, e.g. ' bank' ('id:123' for an id)",
+    )
+    sp.add_argument("--max-tokens", type=int, help="stop after this many tokens")
+    sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    sp.add_argument("--context-length", type=int, default=128, help="tokens per window")
+    sp.add_argument(
+        "--exclude-massive",
+        action="store_true",
+        help="drop position 0, special tokens and rows with norm > 10x the batch median",
+    )
+    sp.add_argument("--shard-mb", type=float, default=256.0, help="shard size (default 256 MB)")
+    sp.set_defaults(func=cmd_extract)
+
+    sp = sub.add_parser(
+        "tokens", help="the activations of one token across contexts, with where it occurs"
+    )
+    add_model(sp)
+    sp.add_argument("--token", required=True, help="a string that is one token, e.g. ' bank'")
+    sp.add_argument("--hooks", required=True, help="comma-separated hook points")
+    sp.add_argument("--text", action="append", help="a context (repeat); else --data")
+    _add_data(sp)
+    sp.add_argument("--context-length", type=int, default=128)
+    sp.add_argument("--max-tokens", type=int, help="read at most this many tokens of data")
+    sp.add_argument("--out", help="also write activations, occurrences and similarity plots here")
+    sp.set_defaults(func=cmd_tokens)
+
+    sp = sub.add_parser(
+        "analyze",
+        help="norm and neuron heatmaps, similarity, semantic groups, positions, logit lens",
+    )
+    add_model(sp)
+    sp.add_argument("--prompts", help="a text file, one prompt per line (default: a few built in)")
+    sp.add_argument("--out", required=True, help="output folder (index.md lists what was made)")
+    sp.add_argument(
+        "--neuron-hook", help="hook of the neuron heatmap (default: middle mlp.hook_post)"
+    )
+    sp.add_argument("--layers", help="comma-separated layers for similarity and position plots")
+    sp.add_argument("--max-prompts", type=int, default=4)
+    sp.add_argument("--data", help="text for the positional analyses (default: the default corpus)")
+    sp.add_argument("--max-tokens", type=int, default=2048, help="tokens for positional analyses")
+    sp.set_defaults(func=cmd_analyze)
+
+
+def _add_data(sp) -> None:
+    sp.add_argument(
+        "--data",
+        help="a text file (one document per line, or blank-line separated), a folder of .txt "
+        "files, a .jsonl file with a 'text' field, or a cached Hugging Face dataset name; "
+        "default: the offline default corpus",
+    )
+    sp.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "heldout", "all"),
+        help="split of the data (by document hash; default train)",
+    )
+
+
+def _hooks(arg: str) -> list[str]:
+    hooks = [h.strip() for h in arg.split(",") if h.strip()]
+    if not hooks:
+        raise ValueError("--hooks is empty; give comma-separated hook points")
+    return hooks
+
+
+def _positions(arg: str) -> str | int:
+    if arg.startswith("id:") and arg[3:].isdigit():
+        return int(arg[3:])
+    return arg
+
+
+def open_data(data: str | None, split: str):
+    """(documents, data_id) for --data/--split; checks the data before anything runs."""
+    from .data import CORPUS_VERSION, default_corpus, read_documents, split_documents
+
+    if data is None:
+        return default_corpus(split), f"default corpus v{CORPUS_VERSION}, {split} split"
+    docs = split_documents(read_documents(data), split)
+    path = Path(data).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return docs, f"{path.resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns}), {split}"
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        size = sum(f.stat().st_size for f in files)
+        return docs, f"{path.resolve()} ({len(files)} .txt files, {size} bytes), {split}"
+    return docs, f"dataset {data}, {split}"
+
+
+def cmd_extract(args) -> int:
+    from . import load_model
+    from .activations import extract
+    from .io import ensure_writable_dir
+
+    hooks = _hooks(args.hooks)
+    docs, data_id = open_data(args.data, args.split)
+    out = Path(args.out)
+    existed = out.exists()
+    ensure_writable_dir(out)  # fail before loading anything
+    try:
+        model = load_model(args.model, dtype=args.dtype)
+        t0 = time.perf_counter()
+        meta = extract(
+            model,
+            hooks,
+            out,
+            docs,
+            data_id=data_id,
+            batch_size=args.batch_size,
+            context_length=args.context_length,
+            max_tokens=args.max_tokens,
+            positions=_positions(args.positions),
+            exclude_massive=args.exclude_massive,
+            shard_mb=args.shard_mb,
+            progress=True,
+        )
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave nothing behind
+        raise
+    dt = time.perf_counter() - t0
+    excluded = ", ".join(f"{k} {v}" for k, v in meta["n_excluded"].items() if v) or "none"
+    print(
+        f"{args.out}: {meta['n_rows']} rows of {', '.join(hooks)} from {meta['tokens_done']} tokens "
+        f"in {len(meta['shards'])} shards ({dt:.0f} s this run); excluded: {excluded}"
+    )
+    return 0
+
+
+def cmd_tokens(args) -> int:
+    from . import load_model
+    from .tokens import token_activations
+
+    hooks = _hooks(args.hooks)
+    if args.text:
+        docs = [t for t in args.text if t.strip()]
+        if not docs:
+            raise ValueError("every --text is empty")
+    else:
+        docs, _ = open_data(args.data, args.split)
+    if args.out:
+        from .io import ensure_writable_dir
+
+        ensure_writable_dir(args.out)
+    model = load_model(args.model, dtype=args.dtype)
+    ta = token_activations(
+        model,
+        _positions(args.token),
+        docs,
+        hooks,
+        context_length=args.context_length,
+        max_tokens=args.max_tokens,
+    )
+    print(f"{ta.token!r} (id {ta.token_id}): {len(ta)} occurrences")
+    head = "  #   doc  pos  " + "  ".join(f"‖{h}‖" for h in hooks) + "  context"
+    print(head)
+    norms = {h: ta.norms(h) for h in hooks}
+    for i in range(len(ta)):
+        cells = "  ".join(f"{norms[h][i]:{len(h) + 2}.1f}" for h in hooks)
+        print(f"{i:3d} {ta.doc_ids[i]:5d} {ta.positions[i]:4d}  {cells}  {ta.contexts[i]!r}")
+    if args.out:
+        from .plots import token_occurrences_report
+
+        written = token_occurrences_report(ta, args.out, title_model=args.model)
+        print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from . import load_model
+    from .analysis import run_all
+    from .cli import DEFAULT_PROMPTS
+    from .data import read_documents
+    from .io import ensure_writable_dir
+
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise ValueError(f"prompts file {path} does not exist")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompts file {path} holds no prompt")
+    else:
+        prompts = DEFAULT_PROMPTS[:2]
+    prompts = prompts[: args.max_prompts]
+    texts = list(read_documents(args.data)) if args.data else None
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    ensure_writable_dir(args.out)
+    model = load_model(args.model, dtype=args.dtype)
+    t0 = time.perf_counter()
+    written = run_all(
+        model,
+        prompts,
+        args.out,
+        texts,
+        model_name=args.model,
+        neuron_hook=args.neuron_hook,
+        layers=layers,
+        max_tokens=args.max_tokens,
+    )
+    print(
+        f"wrote {len(written)} files to {args.out} ({time.perf_counter() - t0:.0f} s); see index.md"
+    )
+    return 0

@@ -1,0 +1,574 @@
+"""Analyses of activations that return numbers (the figures are in ``plots``).
+
+Massive activations: in many models (SmolLM2 among them) position 0 and a few separator
+tokens carry residual norms 10-100x those of ordinary tokens, and point in one shared
+direction. The functions here flag them (``massive_mask``: norm over ``MASSIVE_FACTOR`` x
+the median of the text at that layer, and always position 0) and leave them out of
+similarity statistics, returning the flags so a figure can say what it left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+MASSIVE_FACTOR = 10.0
+
+DEFAULT_GROUPS: dict[str, list[str]] = {
+    "animals": [" dog", " cat", " horse", " cow", " lion", " rabbit", " sheep", " tiger"],
+    "vehicles": [" car", " truck", " bus", " train", " bicycle", " plane", " boat", " tractor"],
+    "fruits": [" apple", " banana", " orange", " grape", " pear", " cherry", " lemon", " peach"],
+}
+DEFAULT_TEMPLATES = [
+    "I saw the{} yesterday.",
+    "She told me about the{} again.",
+    "There was a picture of the{} on the wall.",
+    "We talked about the{} for a while.",
+]
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(x.astype(mx.float32)) if isinstance(x, mx.array) else np.asarray(x)
+
+
+def resid_names(n_layers: int) -> list[str]:
+    """The residual stream at every depth: embeddings (blocks.0.hook_resid_pre), then each block."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+
+
+def layer_labels(n_layers: int) -> list[str]:
+    return ["embed"] + [f"L{i}" for i in range(n_layers)]
+
+
+def massive_mask(norms: np.ndarray, factor: float = MASSIVE_FACTOR) -> np.ndarray:
+    """Positions with massive activations: norm > factor x the median over positions, and 0.
+
+    norms: (..., pos). Returns a boolean array of the same shape.
+    """
+    med = np.median(norms, axis=-1, keepdims=True)
+    mask = norms > factor * np.maximum(med, 1e-12)
+    mask[..., 0] = True
+    return mask
+
+
+def cosine_matrix(a: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, n) cosine similarities, in float64."""
+    a = np.asarray(a, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    return a @ a.T
+
+
+def unembed(model, resid: mx.array) -> mx.array:
+    """Logits from a residual stream: the model's own final norm and unembedding."""
+    m = model.model
+    x = m.ln_final(resid)
+    if getattr(m, "lm_head", None) is not None:
+        return m.lm_head(x)
+    return (m.wte if hasattr(m, "wte") else m.embed).as_linear(x)
+
+
+# -------------------------------------------------------------- one prompt
+@dataclass
+class NeuronActivations:
+    """The most active neurons of one hook on one prompt: values (pos, k)."""
+
+    str_tokens: list[str]
+    hook: str
+    neurons: np.ndarray  # (k,) neuron indices, most active first
+    values: np.ndarray  # (pos, k)
+    skipped_first: bool
+
+
+def top_neurons(
+    model, text: str, hook: str, k: int = 20, skip_first: bool = True
+) -> NeuronActivations:
+    """The k neurons of ``hook`` with the largest |activation| on any token of ``text``.
+
+    skip_first: rank neurons without position 0 (whose activations are massive in many
+    models), though its values are still returned.
+    """
+    model.check_hook_name(hook)
+    tokens = model.to_tokens(text)
+    from .activations import stop_layer_for
+
+    stop = stop_layer_for([hook], model.cfg.n_layers)
+    _, cache = model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=stop)
+    acts = _np(cache[hook][0]).reshape(tokens.shape[1], -1)
+    ranked = acts[1:] if skip_first and len(acts) > 1 else acts
+    k = min(k, acts.shape[1])
+    order = np.argsort(-np.abs(ranked).max(axis=0), kind="stable")[:k]
+    return NeuronActivations(
+        model.to_str_tokens(tokens[0]), hook, order, acts[:, order], skip_first and len(acts) > 1
+    )
+
+
+@dataclass
+class TokenSimilarity:
+    """Token-by-token cosine similarity of the residual stream at some layers."""
+
+    str_tokens: list[str]
+    layers: list[int]  # block index; -1 means the embeddings
+    sims: np.ndarray  # (n_layers_chosen, pos, pos)
+    norms: np.ndarray  # (n_layers_chosen, pos)
+    massive: np.ndarray  # (n_layers_chosen, pos) bool
+
+
+def token_similarity(model, text: str, layers: Sequence[int]) -> TokenSimilarity:
+    """Cosine similarity between the tokens of ``text`` after each block in ``layers``.
+
+    Layer -1 is the embeddings. ``massive`` flags position 0 and massive-norm positions.
+    """
+    names = [
+        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
+    ]
+    for n in names:
+        model.check_hook_name(n)
+    tokens = model.to_tokens(text)
+    stop = min(model.cfg.n_layers, max(layers) + 1)
+    _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=stop)
+    acts = [_np(cache[n][0]) for n in names]
+    norms = np.stack([np.linalg.norm(a, axis=-1) for a in acts])
+    return TokenSimilarity(
+        model.to_str_tokens(tokens[0]),
+        list(layers),
+        np.stack([cosine_matrix(a) for a in acts]),
+        norms,
+        massive_mask(norms),
+    )
+
+
+@dataclass
+class LogitLens:
+    """Each layer's residual stream read through the final norm and unembedding."""
+
+    str_tokens: list[str]
+    labels: list[str]  # 'embed', 'L0', ...
+    top_ids: np.ndarray  # (n_rows, pos, k)
+    top_probs: np.ndarray  # (n_rows, pos, k)
+    top_strs: list[list[list[str]]]
+    final_ids: np.ndarray  # (pos,) the model's own top prediction
+    final_probs: np.ndarray  # (n_rows, pos): probability of that prediction at each layer
+
+    def table(self) -> list[dict]:
+        rows = []
+        for i, lab in enumerate(self.labels):
+            for p, t in enumerate(self.str_tokens):
+                rows.append(
+                    {
+                        "layer": lab,
+                        "position": p,
+                        "token": t,
+                        "top": [
+                            {"token": s, "p": round(float(q), 4)}
+                            for s, q in zip(self.top_strs[i][p], self.top_probs[i, p], strict=True)
+                        ],
+                    }
+                )
+        return rows
+
+
+def logit_lens(model, text: str, k: int = 5) -> LogitLens:
+    """Top-k next-token predictions of every layer at every position of ``text``."""
+    n = model.cfg.n_layers
+    names = resid_names(n)
+    tokens = model.to_tokens(text)
+    logits, cache = model.run_with_cache(tokens, names_filter=names)
+    stacked = mx.stack([cache[nm][0] for nm in names])  # (n + 1, pos, d)
+    probs = mx.softmax(unembed(model, stacked).astype(mx.float32), axis=-1)
+    top = mx.argsort(-probs, axis=-1)[..., :k]
+    top_p = mx.take_along_axis(probs, top, axis=-1)
+    final = mx.argmax(logits[0], axis=-1)
+    final_idx = mx.broadcast_to(final[None, :, None], (n + 1, final.size, 1))
+    final_p = mx.take_along_axis(probs, final_idx, axis=-1)[..., 0]
+    mx.eval(top, top_p, final, final_p)
+    top, top_p = np.asarray(top), np.asarray(top_p)
+    decode = model.tokenizer.decode
+    strs = [[[decode([int(t)]) for t in row] for row in layer] for layer in top]
+    return LogitLens(
+        model.to_str_tokens(tokens[0]),
+        layer_labels(n),
+        top,
+        top_p,
+        strs,
+        np.asarray(final),
+        np.asarray(final_p),
+    )
+
+
+# -------------------------------------------------------- word groups
+@dataclass
+class SemanticSimilarity:
+    """Within- vs between-group cosine similarity of words in shared templates, per layer.
+
+    ``sims[l, i, j]``: cosine of words i and j at row l, averaged over the templates (each
+    comparison within one template, so the context is the same). "centered" subtracts the
+    mean over all words of each template and layer first, removing what every word shares
+    (the template, the position, the common direction of the residual stream).
+    """
+
+    words: list[str]
+    groups: list[str]  # group of each word
+    labels: list[str]  # 'embed', 'L0', ...
+    sims: np.ndarray  # (n_rows, W, W)
+    sims_centered: np.ndarray
+    within: np.ndarray  # (n_rows,)
+    between: np.ndarray
+    within_centered: np.ndarray
+    between_centered: np.ndarray
+    n_massive: int = 0  # word positions flagged massive (left in; reported)
+    templates: list[str] = field(default_factory=list)
+
+
+def semantic_similarity(
+    model,
+    groups: dict[str, list[str]] | None = None,
+    templates: Sequence[str] | None = None,
+) -> SemanticSimilarity:
+    """Compare related and unrelated words (e.g. animals vs vehicles) layer by layer.
+
+    Each word is put into each template ('{}' marks it, words carry their leading space);
+    its vector is the residual stream at its last token. Returns the similarity matrices
+    and the mean within-group and between-group similarity per layer, raw and centered.
+    """
+    groups = groups or DEFAULT_GROUPS
+    templates = list(templates or DEFAULT_TEMPLATES)
+    if len(groups) < 2:
+        raise ValueError("give at least two groups of words")
+    if any("{}" not in t for t in templates):
+        raise ValueError("every template needs a '{}' where the word goes")
+    words = [w for ws in groups.values() for w in ws]
+    group_of = [g for g, ws in groups.items() for _ in ws]
+    texts, idx = [], []
+    for t in templates:
+        prefix = t[: t.index("{}")]
+        for w in words:
+            texts.append(t.format(w))
+            idx.append(len(model.to_tokens(prefix + w)[0]) - 1)
+    n = model.cfg.n_layers
+    names = resid_names(n)
+    tokens, mask = model.tokenize(texts)
+    _, cache = model.run_with_cache(
+        tokens, names_filter=names, stop_at_layer=n, attention_mask=mask
+    )
+    rows = mx.arange(len(texts))
+    pos = mx.array(idx)
+    acts = np.stack([_np(cache[nm][rows, pos]) for nm in names])  # (L, T*W, d)
+    all_norms = np.stack([_np(mx.linalg.norm(cache[nm], axis=-1)) for nm in names])  # (L, T*W, pos)
+    if mask is not None:
+        all_norms = np.where(np.asarray(mask)[None] > 0, all_norms, np.nan)
+    med = np.nanmedian(all_norms, axis=-1)
+    n_massive = int((np.linalg.norm(acts, axis=-1) > MASSIVE_FACTOR * med).sum())
+    W, T = len(words), len(templates)
+    acts = acts.reshape(len(names), T, W, -1)
+    centered = acts - acts.mean(axis=2, keepdims=True)
+
+    def mean_sims(a):
+        return np.stack(
+            [np.mean([cosine_matrix(a[i, t]) for t in range(T)], axis=0) for i in range(len(names))]
+        )
+
+    sims, sims_c = mean_sims(acts), mean_sims(centered)
+    g = np.array(group_of)
+    same = g[:, None] == g[None, :]
+    off = ~np.eye(W, dtype=bool)
+    return SemanticSimilarity(
+        words, group_of, layer_labels(n), sims, sims_c,
+        sims[:, same & off].mean(1), sims[:, ~same].mean(1),
+        sims_c[:, same & off].mean(1), sims_c[:, ~same].mean(1),
+        n_massive, templates,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------- positions
+@dataclass
+class PositionNorms:
+    """Residual norm by position over many windows: median and quartiles per layer."""
+
+    labels: list[str]
+    median: np.ndarray  # (n_rows, context_length)
+    q25: np.ndarray
+    q75: np.ndarray
+    n_windows: int
+    massive_share: np.ndarray  # (n_rows, context_length): share of rows flagged massive
+
+
+def position_norms(
+    model,
+    texts: Iterable[str] | None = None,
+    layers: Sequence[int] | None = None,
+    context_length: int = 64,
+    max_tokens: int = 4096,
+    batch_size: int = 8,
+) -> PositionNorms:
+    """Residual-stream norm against position in packed windows of the texts (default corpus).
+
+    Position 0 is the window's boundary token. Medians and quartiles, not means, so that
+    a few massive rows do not set the curve; ``massive_share`` says how many there were.
+    """
+    from .activations import iter_activations
+
+    n = model.cfg.n_layers
+    layers = list(layers) if layers is not None else _spread(n)
+    names = [
+        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
+    ]
+    norms: list[list[np.ndarray]] = [[] for _ in names]
+    positions = []
+    for b in iter_activations(
+        model,
+        names,
+        texts,
+        batch_size=batch_size,
+        context_length=context_length,
+        max_tokens=max_tokens,
+    ):
+        for i, nm in enumerate(names):
+            norms[i].append(_np(mx.linalg.norm(b.acts[nm].astype(mx.float32), axis=-1)))
+        positions.append(b.positions)
+    pos = np.concatenate(positions)
+    N = np.stack([np.concatenate(x) for x in norms])  # (L, rows)
+    shape = (len(names), context_length)
+    med, q25, q75, share = (np.full(shape, np.nan) for _ in range(4))
+    overall = np.median(N[:, pos > 0], axis=1)
+    for p in range(context_length):
+        sel = pos == p
+        if sel.any():
+            v = N[:, sel]
+            med[:, p] = np.median(v, 1)
+            q25[:, p], q75[:, p] = np.percentile(v, 25, 1), np.percentile(v, 75, 1)
+            share[:, p] = (v > MASSIVE_FACTOR * overall[:, None]).mean(1)
+    labels = ["embed" if L == -1 else f"L{L}" for L in layers]
+    return PositionNorms(labels, med, q25, q75, int((pos == 0).sum()), share)
+
+
+@dataclass
+class SameTokenPositions:
+    """One token at many positions: cosine similarity against the distance between them."""
+
+    token: str
+    labels: list[str]
+    distance_bins: np.ndarray  # (n_bins + 1,) edges
+    mean_sim: np.ndarray  # (n_rows, n_bins)
+    positions: np.ndarray  # (n_occurrences,)
+    sims: np.ndarray  # (n_rows, n, n), occurrences sorted by position
+    n_excluded: int
+
+
+def same_token_positions(
+    model,
+    token: str | int = " the",
+    texts: Iterable[str] | None = None,
+    layers: Sequence[int] | None = None,
+    context_length: int = 64,
+    max_tokens: int = 4096,
+    max_occurrences: int = 200,
+) -> SameTokenPositions:
+    """How the representation of one token changes with its position.
+
+    Gathers the token's occurrences in packed windows (default corpus) and compares them
+    pairwise; occurrences with a massive norm at any layer are left out (counted).
+    """
+    from .activations import iter_activations
+
+    n = model.cfg.n_layers
+    layers = list(layers) if layers is not None else _spread(n)
+    names = [
+        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
+    ]
+    acts: list[list[np.ndarray]] = [[] for _ in names]
+    pos = []
+    tid = None
+    n_excluded = 0
+    for b in iter_activations(
+        model, names, texts, context_length=context_length, max_tokens=max_tokens,
+        positions=token, exclude_massive=True, massive_factor=MASSIVE_FACTOR,
+    ):  # fmt: skip
+        for i, nm in enumerate(names):
+            acts[i].append(_np(b.acts[nm]))
+        pos.append(b.positions)
+        tid = int(b.token_ids[0])
+        n_excluded += sum(b.n_excluded.values())
+    pos = np.concatenate(pos)
+    A = [np.concatenate(a) for a in acts]
+    n_total = len(pos)
+    if n_total > max_occurrences:  # an even spread over the occurrences, deterministic
+        keep = np.linspace(0, n_total - 1, max_occurrences).round().astype(int)
+        pos, A = pos[keep], [a[keep] for a in A]
+    order = np.argsort(pos, kind="stable")
+    pos = pos[order]
+    sims = np.stack([cosine_matrix(a[order]) for a in A])
+    dist = np.abs(pos[:, None] - pos[None, :])
+    edges = np.unique(np.linspace(0, context_length, 9).round()).astype(int)
+    iu = np.triu_indices(len(pos), 1)
+    mean_sim = np.full((len(names), len(edges) - 1), np.nan)
+    for j in range(len(edges) - 1):
+        sel = (dist[iu] >= edges[j]) & (dist[iu] < edges[j + 1])
+        if sel.any():
+            mean_sim[:, j] = sims[:, iu[0][sel], iu[1][sel]].mean(1)
+    labels = ["embed" if L == -1 else f"L{L}" for L in layers]
+    return SameTokenPositions(
+        model.tokenizer.decode([tid]), labels, edges, mean_sim, pos, sims, n_excluded
+    )
+
+
+@dataclass
+class PositionEmbeddings:
+    """GPT-2's learned position embeddings W_pos (n_ctx, d_model)."""
+
+    w_pos: np.ndarray
+    sims: np.ndarray  # (n_ctx, n_ctx) cosine similarity
+    pcs: np.ndarray  # (n_ctx, 3) projections on the top principal components
+    explained: np.ndarray  # (3,) share of variance
+    norms: np.ndarray  # (n_ctx,)
+
+
+def position_embeddings(model) -> PositionEmbeddings | None:
+    """The structure of learned position embeddings; None for rotary models (Llama)."""
+    wpe = getattr(model.model, "wpe", None)
+    if wpe is None:
+        return None
+    w = _np(wpe.weight).astype(np.float64)
+    c = w - w.mean(0)
+    u, s, _ = np.linalg.svd(c, full_matrices=False)
+    var = s**2 / (s**2).sum()
+    return PositionEmbeddings(
+        w, cosine_matrix(w), u[:, :3] * s[:3], var[:3], np.linalg.norm(w, axis=1)
+    )
+
+
+def _spread(n_layers: int) -> list[int]:
+    """A few layers spread over the depth: embeddings, then about a quarter apart."""
+    picks = sorted({0, n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
+    return [-1, *picks]
+
+
+# ------------------------------------------------------------- all of them
+def run_all(
+    model,
+    prompts: Sequence[str],
+    out,
+    texts: Iterable[str] | None = None,
+    *,
+    model_name: str = "",
+    neuron_hook: str | None = None,
+    layers: Sequence[int] | None = None,
+    max_tokens: int = 2048,
+    context_length: int = 64,
+    token: str = " the",
+    log=print,
+) -> list:
+    """Every analysis, for ``mlx-interp analyze``: per prompt the norm heatmap, neuron
+    heatmap, token similarity and logit lens; once the word-group similarity, positional
+    effects (over ``texts``, default: the default corpus's held-out split) and, for GPT-2,
+    the position embeddings. Writes the figures, their numbers and ``index.md``; returns
+    the paths written.
+    """
+    from pathlib import Path
+
+    from . import plots
+    from .io import ensure_writable_dir, write_text
+
+    out = ensure_writable_dir(out)
+    n = model.cfg.n_layers
+    layers = list(layers) if layers is not None else _spread(n)
+    neuron_hook = neuron_hook or f"blocks.{n // 2}.mlp.hook_post"
+    model.check_hook_name(neuron_hook)
+    name = model_name or str(model.source)
+    if texts is None:
+        from .data import default_corpus
+
+        texts = default_corpus("heldout")
+    texts = list(texts) if not isinstance(texts, list) else texts
+    md = [f"# Activation analysis: {name}", "", f"{model}", ""]
+    written: list[Path] = []
+
+    def section(title: str, files: list[Path], text: str) -> None:
+        written.extend(files)
+        md.extend([f"## {title}", "", text, "", f"![{title}]({files[0].name})", ""])
+        md.append("Numbers: " + ", ".join(f"`{f.name}`" for f in files[1:]))
+        md.append("")
+
+    for i, prompt in enumerate(prompts):
+        log(f"[prompt {i + 1}/{len(prompts)}] {prompt!r}")
+        tag = f"p{i}"
+        md.extend([f"# Prompt {i}: {prompt!r}", ""])
+        png = plots.residual_norm_heatmap(model, prompt, out / f"{tag}_norms.png")
+        section(
+            "Residual norm, tokens x layers",
+            [png, png.with_suffix(".csv")],
+            "L2 norm of the residual stream after each block, log colour scale: massive "
+            "activations (position 0, separators) stand out against ordinary tokens.",
+        )
+        na = top_neurons(model, prompt, neuron_hook)
+        section(
+            f"Most active neurons at {neuron_hook}",
+            plots.neuron_heatmap(na, out / f"{tag}_neurons.png", name),
+            f"The {len(na.neurons)} neurons with the largest |activation| on the prompt "
+            "(ranked without position 0).",
+        )
+        ts = token_similarity(model, prompt, layers)
+        section(
+            "Token-by-token cosine similarity",
+            plots.similarity_grid(ts, out / f"{tag}_similarity.png", name),
+            "Cosine similarity between positions at several depths. Position 0 and "
+            f"massive-norm tokens (>{MASSIVE_FACTOR:g}x the median) are masked grey: they "
+            "share one direction and would otherwise dominate.",
+        )
+        ll = logit_lens(model, prompt)
+        section(
+            "Logit lens",
+            plots.logit_lens_plot(ll, out / f"{tag}_logit_lens.png", name),
+            "Each layer's residual stream through the final norm and the unembedding: the "
+            f"top next-token prediction and its probability. Final prediction at the last "
+            f"position: {ll.top_strs[-1][-1][0]!r} ({ll.top_probs[-1, -1, 0]:.2f}).",
+        )
+
+    md.extend(["# Across prompts", ""])
+    log("[semantic similarity] word groups in shared templates")
+    ss = semantic_similarity(model)
+    gap = ss.within_centered - ss.between_centered
+    best = int(np.argmax(gap))
+    section(
+        "Semantic similarity: related vs unrelated words",
+        plots.semantic_similarity_plot(ss, out / "semantic_similarity.png", name),
+        f"Groups {', '.join(dict.fromkeys(ss.groups))}; within-group minus between-group "
+        f"similarity (centered) is largest at {ss.labels[best]} ({gap[best]:.3f}); "
+        f"{ss.n_massive} word positions had massive norms.",
+    )
+    log(f"[positions] norms over {max_tokens} tokens")
+    pn = position_norms(model, texts, layers, context_length=context_length, max_tokens=max_tokens)
+    section(
+        "Positional effects: norm vs position",
+        plots.position_norm_plot(pn, out / "position_norms.png", name),
+        "Median residual norm at each position of packed windows (quartile band); the "
+        "boundary token at position 0 is starred.",
+    )
+    try:
+        stp = same_token_positions(
+            model, token, texts, layers, context_length=context_length, max_tokens=max_tokens
+        )
+    except ValueError as e:
+        log(f"  skipped the same-token analysis: {e}")
+    else:
+        section(
+            f"Positional effects: {stp.token!r} at different positions",
+            plots.same_token_plot(stp, out / "same_token_positions.png", name),
+            "Cosine similarity between occurrences of the same token against the distance "
+            f"between their positions ({stp.n_excluded} massive-norm rows left out).",
+        )
+    pe = position_embeddings(model)
+    if pe is not None:
+        section(
+            "Learned position embeddings (GPT-2)",
+            plots.position_embedding_plot(pe, out / "position_embeddings.png", name),
+            "Cosine similarity between the position embeddings and their top principal components.",
+        )
+    else:
+        md.extend(
+            ["## Position embeddings", "", "Rotary model: no learned position embeddings.", ""]
+        )
+    written.append(write_text(out / "index.md", "\n".join(md)))
+    return written
