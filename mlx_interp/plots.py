@@ -133,8 +133,7 @@ def similarity_grid(ts, path: str | Path, model_name: str = "") -> list[Path]:
     fig, axes = plt.subplots(
         rows, cols, figsize=(size * cols + 1.2, size * rows + 0.6), squeeze=False
     )
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("#bbbbbb")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
     im = None
     for k, ax in enumerate(axes.flat):
         if k >= n:
