@@ -31,7 +31,8 @@ from .files import load_sae_folder, save_sae_folder
 
 def topk_indices(pre: mx.array, k: int) -> mx.array:
     """Indices (batch, k) of the k largest entries of each row (in no particular order)."""
-    return mx.argpartition(-pre, kth=k - 1, axis=-1)[..., :k]
+    n = pre.shape[-1]
+    return mx.argpartition(pre, kth=n - k, axis=-1)[..., n - k :]
 
 
 def topk_sparse(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -120,10 +121,27 @@ def decode_dense(params: dict, f: mx.array) -> mx.array:
     return f @ params["W_dec"] + params["b_dec"]
 
 
+@mx.custom_function
+def _gather_decode(values: mx.array, indices: mx.array, w_dec: mx.array) -> mx.array:
+    return (values[:, None, :] @ w_dec[indices])[:, 0, :]
+
+
+@_gather_decode.vjp
+def _gather_decode_vjp(primals, cotangent, output):
+    # d values: the same k rows against the output gradient. d W_dec: a scatter-add of
+    # batch x k rows is slow on MLX's CPU backend, so the (sparse) activations are laid
+    # out densely and multiplied, which gives the same sums.
+    values, indices, w_dec = primals
+    d_values = (w_dec[indices] @ cotangent[:, :, None])[..., 0]
+    f = mx.put_along_axis(
+        mx.zeros((values.shape[0], w_dec.shape[0]), values.dtype), indices, values, axis=-1
+    )
+    return d_values, mx.zeros_like(indices), f.T @ cotangent
+
+
 def decode_sparse(params: dict, values: mx.array, indices: mx.array) -> mx.array:
     """sum_j values[b, j] * W_dec[indices[b, j]] + b_dec: a gather of k decoder rows per row."""
-    rows = params["W_dec"][indices]  # (batch, k, d_in)
-    return (values[:, None, :] @ rows)[:, 0, :] + params["b_dec"]
+    return _gather_decode(values, indices, params["W_dec"]) + params["b_dec"]
 
 
 # --- training losses -----------------------------------------------------------------------
