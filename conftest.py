@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports mlx.core: lets MLX bind to an optimised BLAS (blas.py).
+import mlx_interp  # noqa: F401
+
 VOCAB_SIZE = 512
 
 # name -> (architecture, config overrides, query/key weight scale)
