@@ -16,6 +16,7 @@ def add_commands(sub, add_model) -> None:
         "--data", help="text file, folder of .txt or .jsonl (default: the offline corpus)"
     )
     src.add_argument("--activations", help="an `extract` folder to read activations from")
+    sp.add_argument("--epochs", type=int, default=1, help="passes over --activations")
     sp.add_argument("--arch", default="topk", choices=["standard", "topk", "batchtopk", "jumprelu"])
     size = sp.add_mutually_exclusive_group()
     size.add_argument("--d-sae", type=int, help="number of latents")
@@ -89,7 +90,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     if args.activations:
-        source = extraction_source(args.activations, args.hook)
+        source = extraction_source(args.activations, args.hook, epochs=args.epochs)
         meta = {"dataset_path": str(args.activations)}
         d_in = None
     else:

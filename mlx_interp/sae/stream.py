@@ -69,10 +69,12 @@ def model_source(
     return open_at
 
 
-def extraction_source(folder: str | Path, hooks: list[str], massive_factor: float = 10.0):
-    """Rows from an ``mlx-interp extract`` folder, shard by shard. If the extraction kept
-    massive rows, they are left out here (by the same norm rule)."""
-    from ..activations import _read_meta, iter_shards
+def extraction_source(
+    folder: str | Path, hooks: list[str], massive_factor: float = 10.0, epochs: int = 1
+):
+    """Rows from an ``mlx-interp extract`` folder, shard by shard (``epochs`` times over).
+    If the extraction kept massive rows, they are left out here (by the same norm rule)."""
+    from ..activations import _read_meta
 
     meta = _read_meta(Path(folder))
     missing = [h for h in hooks if h not in meta["hooks"]]
@@ -82,10 +84,13 @@ def extraction_source(folder: str | Path, hooks: list[str], massive_factor: floa
         )
     filter_massive = not meta.get("exclude_massive", False)
 
+    n_shards = len(meta["shards"])
+    if n_shards == 0:
+        raise ValueError(f"the extraction in {folder} holds no finished shard yet")
+
     def open_at(cursor: int):
-        for i, (_, acts, _rows) in enumerate(iter_shards(folder, hooks)):
-            if i < cursor:
-                continue
+        for i in range(cursor, n_shards * epochs):
+            acts = _read_shard(folder, meta["shards"][i % n_shards]["file"], hooks)
             chunk = {h: acts[h].reshape(acts[h].shape[0], -1) for h in hooks}
             check_finite(chunk)
             if filter_massive:
@@ -96,3 +101,10 @@ def extraction_source(folder: str | Path, hooks: list[str], massive_factor: floa
             yield i + 1, chunk
 
     return open_at
+
+
+def _read_shard(folder, name: str, hooks: list[str]) -> dict[str, np.ndarray]:
+    import mlx.core as mx
+
+    a = mx.load(str(Path(folder) / name))
+    return {h: np.asarray(a[h].astype(mx.float32)) for h in hooks}
