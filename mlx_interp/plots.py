@@ -89,6 +89,10 @@ def _labels(str_tokens) -> list[str]:
     return [repr(t)[1:-1] for t in str_tokens]
 
 
+def _of(model_name: str) -> str:
+    return f" ({model_name})" if model_name else ""
+
+
 def _sibling(path: str | Path, suffix: str) -> Path:
     return Path(path).with_suffix(suffix)
 
@@ -150,7 +154,7 @@ def similarity_grid(ts, path: str | Path, model_name: str = "") -> list[Path]:
         L = ts.layers[k]
         ax.set_title("embeddings" if L == -1 else f"after block {L}", fontsize=9)
     fig.suptitle(
-        f"Cosine similarity between tokens ({model_name})\n"
+        f"Cosine similarity between tokens{_of(model_name)}\n"
         "* = position 0 or massive-norm token (>10x median), masked grey",
         fontsize=10,
     )
@@ -249,7 +253,7 @@ def position_norm_plot(pn, path: str | Path, model_name: str = "") -> list[Path]
     ax.set_xlabel("position in the context window (0 = boundary token, starred)")
     ax.set_ylabel("‖resid‖ (median, quartile band; log scale)")
     ax.set_title(
-        f"Residual norm by position over {pn.n_windows} windows of {C} tokens ({model_name})",
+        f"Residual norm by position over {pn.n_windows} windows of {C} tokens{_of(model_name)}",
         fontsize=10,
     )
     ax.legend(title="after block", fontsize=8, ncol=2)
@@ -327,7 +331,7 @@ def position_embedding_plot(pe, path: str | Path, model_name: str = "") -> list[
     ax2.set_title("W_pos on its top principal components", fontsize=10)
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"Position embeddings ({model_name})", fontsize=10)
+    fig.suptitle(f"Position embeddings{_of(model_name)}", fontsize=10)
     png = save_figure(fig, path)
     rows = [
         [p, f"{pe.norms[p]:.4g}", *[f"{v:.4g}" for v in pe.pcs[p]]] for p in range(len(pe.norms))
@@ -362,7 +366,8 @@ def logit_lens_plot(ll, path: str | Path, model_name: str = "") -> list[Path]:
     ax.set_xlabel("input token (prediction is for the next one)")
     ax.set_ylabel("residual stream after block")
     ax.set_title(
-        f"Logit lens: top next-token prediction per layer and position ({model_name})", fontsize=10
+        f"Logit lens: top next-token prediction per layer and position{_of(model_name)}",
+        fontsize=10,
     )
     fig.colorbar(im, ax=ax, label="probability of the top token")
     png = save_figure(fig, path)
@@ -423,7 +428,7 @@ def patching_heatmap(pr, path: str | Path, model_name: str = "") -> list[Path]:
     ax.set_xlabel("position (corrupted prompt's tokens)")
     ax.set_ylabel(f"patched hook ({pr.hook_template.replace('{L}', 'L')})")
     ax.set_title(
-        f"Activation patching, clean -> corrupted ({model_name})\n"
+        f"Activation patching, clean -> corrupted{_of(model_name)}\n"
         f"logit diff {pr.answer!r} - {pr.wrong!r}: clean {pr.clean_diff:.2f}, corrupted {pr.corrupted_diff:.2f}; "
         "1 = fully restored",
         fontsize=9,

@@ -85,3 +85,19 @@ def test_generation_and_steering_match_torch_ref(pair):
     a = steer(model, CLEAN, hook, v_mlx, 8.0, 8)
     b = steer(ref, CLEAN, hook, v_mlx, 8.0, 8)
     assert a == b
+
+
+def test_extraction_and_patching_on_the_embedded_model():
+    """The real model, where massive activations make errors at position 0 matter."""
+    model, ref = load_model("smollm2-135m"), load_torch("smollm2-135m", dtype="float32")
+    hooks = ["blocks.15.hook_resid_post", "blocks.15.mlp.hook_post"]
+    b = next(iter_activations(model, hooks, TEXTS, batch_size=2, context_length=16))
+    _, cache = ref.run_with_cache(torch.tensor(b.windows, dtype=torch.long), names_filter=hooks)
+    w = b.window_ids - b.first_window
+    for h in hooks:
+        want = cache[h].double().numpy().reshape(len(b.windows), 16, -1)[w, b.positions]
+        assert relative_error(np.asarray(b.acts[h]), want) < TOL, h
+    layers = [0, 10, 20]
+    a = activation_patching(model, CLEAN, CORRUPT, " Paris", " Rome", layers=layers)
+    r = activation_patching(ref, CLEAN, CORRUPT, " Paris", " Rome", layers=layers)
+    assert relative_error(a.patched_diff, r.patched_diff) < TOL
