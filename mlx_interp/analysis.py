@@ -61,15 +61,6 @@ def cosine_matrix(a: np.ndarray) -> np.ndarray:
     return a @ a.T
 
 
-def unembed(model, resid: mx.array) -> mx.array:
-    """Logits from a residual stream: the model's own final norm and unembedding."""
-    m = model.model
-    x = m.ln_final(resid)
-    if getattr(m, "lm_head", None) is not None:
-        return m.lm_head(x)
-    return (m.wte if hasattr(m, "wte") else m.embed).as_linear(x)
-
-
 # -------------------------------------------------------------- one prompt
 @dataclass
 class NeuronActivations:
@@ -177,7 +168,7 @@ def logit_lens(model, text: str, k: int = 5) -> LogitLens:
     tokens = model.to_tokens(text)
     logits, cache = model.run_with_cache(tokens, names_filter=names)
     stacked = mx.stack([cache[nm][0] for nm in names])  # (n + 1, pos, d)
-    probs = mx.softmax(unembed(model, stacked).astype(mx.float32), axis=-1)
+    probs = mx.softmax(model.unembed(stacked).astype(mx.float32), axis=-1)
     top = mx.argsort(-probs, axis=-1)[..., :k]
     top_p = mx.take_along_axis(probs, top, axis=-1)
     final = mx.argmax(logits[0], axis=-1)

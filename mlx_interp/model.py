@@ -264,6 +264,10 @@ class HookedModel:
             tokens = mx.concatenate([tokens, nxt.astype(mx.int32)[:, None]], axis=1)
         return self._require_tokenizer().decode(new)
 
+    def unembed(self, resid: mx.array) -> mx.array:
+        """Logits from a residual stream (..., d_model) through the final norm and unembedding."""
+        return self.model.unembed(resid)
+
     def check_hook_name(self, name: str) -> str:
         """Return name if it is a hook point, else raise the close-matches error."""
         if name not in self.hook_names:

@@ -144,7 +144,11 @@ class Model(nn.Module):
             x = block(x, mask)
         if stop_at_layer is not None:
             return None
-        return self.wte.as_linear(self.ln_final(x))
+        return self.unembed(x)
+
+    def unembed(self, resid: mx.array) -> mx.array:
+        """Final norm and unembedding: residual stream (..., d_model) -> logits (..., d_vocab)."""
+        return self.wte.as_linear(self.ln_final(resid))
 
     @staticmethod
     def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:

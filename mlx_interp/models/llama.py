@@ -208,7 +208,11 @@ class Model(nn.Module):
             x = block(x, mask, positions)
         if stop_at_layer is not None:
             return None
-        x = self.ln_final(x)
+        return self.unembed(x)
+
+    def unembed(self, resid: mx.array) -> mx.array:
+        """Final norm and unembedding: residual stream (..., d_model) -> logits (..., d_vocab)."""
+        x = self.ln_final(resid)
         return self.embed.as_linear(x) if self.args.tie_word_embeddings else self.lm_head(x)
 
     @staticmethod
