@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .sae.commands import add_commands as add_sae_commands
 
     add_sae_commands(sub, add_model)
+    # Commands of the feature-analysis work register here (features).
+    from .features.commands import add_commands as add_feature_commands
+
+    add_feature_commands(sub, add_model)
     return p
 
 

@@ -1,0 +1,179 @@
+"""The ``features`` command (registered in ``mlx_interp.cli``) and ``run_features``, its API.
+
+Output folder (``--out``)::
+
+    summary.json         settings, tokens counted and left out, time, peak memory, and the
+                         summary metrics of the SAE and of each neuron baseline
+    features.csv         one row per SAE feature: density, mean/max activation, entropy,
+                         purity, explanation score, top tokens
+    comparison.json/.md/.png   SAE features vs raw neurons, side by side
+    index.html           sortable, searchable table of every feature; links to the pages
+    pages/feature_NNNNN.html, cards/feature_NNNNN.png   per rendered feature
+    store/sae/           the feature store (load_feature_store(out))
+    store/neurons__HOOK/ the same for each neuron baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def add_commands(sub, add_model) -> None:
+    sp = sub.add_parser(
+        "features", help="feature statistics, monosemanticity vs neurons, dashboards of an SAE"
+    )
+    add_model(sp)
+    sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
+    sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--tokens", type=int, default=100_000, help="tokens to analyse")
+    sp.add_argument("--top-k", type=int, default=32, help="top activations kept per feature")
+    sp.add_argument("--max-features", type=int, default=100, help="feature pages/cards to render")
+    sp.add_argument("--feature", type=int, action="append", help="render this feature (repeat)")
+    sp.add_argument(
+        "--neurons",
+        action="append",
+        help="baseline hook for raw neurons (repeat; default: the SAE's hook and its layer's "
+        "mlp.hook_post; 'none' for no baseline)",
+    )
+    sp.add_argument("--context-length", type=int, default=128)
+    sp.add_argument("--model-batch-size", type=int, default=8)
+    sp.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="SAE math backend")
+    sp.add_argument("--ignore-model-name", action="store_true", help="skip the model-name check")
+    sp.add_argument("--seed", type=int, default=0, help="which features get pages (sampled)")
+    sp.set_defaults(func=cmd_features)
+
+
+def run_features(
+    model,
+    sae_folder,
+    out,
+    texts=None,
+    *,
+    data_name: str | None = None,
+    tokens: int = 100_000,
+    top_k: int = 32,
+    neuron_hooks: list[str] | None = None,
+    max_features: int = 100,
+    features: list[int] | None = None,
+    backend: str = "mlx",
+    context_length: int = 128,
+    batch_size: int = 8,
+    model_name: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """The whole ``features`` command as a function; returns summary.json's content."""
+    import numpy as np
+
+    from ..io import ensure_writable_dir, write_json
+    from .compare import write_comparison
+    from .dashboards import write_dashboards, write_features_csv
+    from .stats import StatsConfig
+    from .store import compute_feature_stats, load_sae, logit_effects, vocab_strings, write_store
+
+    out = ensure_writable_dir(out)
+    t0 = time.perf_counter()
+    sae = load_sae(sae_folder, backend)
+    if features:
+        for j in features:
+            if not 0 <= j < sae.cfg.d_sae:
+                raise ValueError(f"feature {j} is out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")  # fmt: skip
+    r = compute_feature_stats(
+        model,
+        sae,
+        texts,
+        tokens=tokens,
+        neuron_hooks=neuron_hooks,
+        backend=backend,
+        batch_size=batch_size,
+        context_length=context_length,
+        stats_config=StatsConfig(top_k=top_k),
+        model_name=model_name,
+        progress=progress,
+    )
+    info = r["info"]
+    info["sae"] = str(sae_folder)
+    if data_name:
+        info["data"] = data_name
+    t_pass = time.perf_counter() - t0
+    vocab = vocab_strings(model._require_tokenizer(), r["sae"].vocab_size)
+    d_model = model.cfg.d_model
+    w_dec = np.array(sae.numpy_params()["W_dec"])
+    lg = logit_effects(model, w_dec) if sae.cfg.d_in == d_model else None
+    write_store(out / "store" / "sae", r["sae"], info, vocab, lg, kind="sae")
+    stores = {}
+    for h, st in r["neurons"].items():
+        lgn = logit_effects(model, np.eye(st.n_units, dtype=np.float32)) if st.n_units == d_model else None  # fmt: skip
+        write_store(out / "store" / f"neurons__{h}", st, {**info, "hook": h}, vocab, lgn, kind="neurons")  # fmt: skip
+        stores[h] = out / "store" / f"neurons__{h}"
+    cmp = write_comparison(out, out / "store" / "sae", stores)
+    write_features_csv(out)
+    rendered = write_dashboards(out, max_features=max_features, features=features, seed=seed)
+    summary = {
+        **info,
+        "seconds_pass": t_pass,
+        "seconds_total": time.perf_counter() - t0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "sae_summary": cmp["sae"],
+        "neuron_summaries": cmp["neurons"],
+        "rendered_features": rendered,
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from ..model import load_model
+
+    model = load_model(args.model, dtype=args.dtype)
+    neurons = args.neurons
+    if neurons is not None and [n.lower() for n in neurons] == ["none"]:
+        neurons = []
+    texts, data_name = None, None
+    if args.data:
+        from ..data import read_documents
+
+        texts, data_name = read_documents(args.data), str(args.data)
+    from .store import load_sae
+
+    sae_cfg = load_sae(args.sae, args.backend).cfg
+    name = sae_cfg.model_name if args.ignore_model_name else str(args.model)
+    s = run_features(
+        model,
+        args.sae,
+        Path(args.out),
+        texts,
+        data_name=data_name,
+        tokens=args.tokens,
+        top_k=args.top_k,
+        neuron_hooks=neurons,
+        max_features=args.max_features,
+        features=args.feature,
+        backend=args.backend,
+        context_length=args.context_length,
+        batch_size=args.model_batch_size,
+        model_name=name,
+        seed=args.seed,
+        progress=True,
+    )
+    sm = s["sae_summary"]
+    print(
+        f"{s['tokens_counted']} tokens of {s['data']} at {s['hook']} "
+        f"({sum(s['left_out'].values())} left out) in {s['seconds_pass']:.0f} s; "
+        f"peak RSS {s['peak_rss_mb']:.0f} MiB"
+    )
+    print(Path(args.out, "comparison.md").read_text())
+    print(f"SAE: dead {sm['dead_fraction']:.3f}, dense {sm['dense_fraction']:.4f}")
+    print(f"wrote {args.out}/index.html ({len(s['rendered_features'])} feature pages), summary.json, comparison.md")  # fmt: skip
+    return 0
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
