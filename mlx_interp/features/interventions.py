@@ -1,0 +1,133 @@
+"""Interventions on one SAE feature: steering (add or clamp) and ablation, in both backends.
+
+With d_j the feature's decoder row (its direction in the hook's activation space) and
+f_j(x) its activation at a position:
+
+- add:    x -> x + value * d_j                      (a steering vector, at every position)
+- clamp:  x -> x + (value - f_j(x)) * d_j           (the feature set to ``value``; the rest of
+                                                     x, the SAE's error included, untouched)
+- ablate: clamp to 0, i.e. x -> x - f_j(x) d_j
+
+Position 0 is left untouched (its activations are massive in SmolLM2 and the SAE was not
+trained on them). The model may be ``mlx_interp`` or ``torch_ref``; the SAE runs in the
+model's backend (a folder is loaded in it), with only arithmetic both share, so results
+agree number for number (``parity_tests/test_feature_parity.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..interventions import _check_hook, _from_np, _is_torch, _loss_and_logprobs, _to_np
+
+
+def sae_for_model(model, sae):
+    """The SAE in the model's backend: a folder is loaded there; an object must match."""
+    from .store import load_sae
+
+    backend = "torch" if _is_torch(model) else "mlx"
+    sae = load_sae(sae, backend)
+    if _is_torch(model) != type(sae).__module__.startswith("torch_ref"):
+        raise ValueError(
+            f"the SAE is a {type(sae).__module__} object but the model runs in {backend}; "
+            "pass the SAE folder and it is loaded in the model's backend"
+        )
+    return sae
+
+
+def _check(model, sae, feature: int) -> str:
+    if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
+        raise ValueError(f"feature must be an integer index, not {feature!r}")
+    if not 0 <= int(feature) < sae.cfg.d_sae:
+        raise ValueError(f"feature {feature} is out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")  # fmt: skip
+    if sae.cfg.hook_name is None:
+        raise ValueError("the SAE's cfg.json names no hook point")
+    return _check_hook(model, sae.cfg.hook_name)
+
+
+def feature_hook(model, sae, feature: int, mode: str = "add", value: float = 1.0):
+    """A forward hook for ``sae.cfg.hook_name`` that adds or clamps ``feature``."""
+    if mode not in ("add", "clamp"):
+        raise ValueError(f"mode must be 'add' or 'clamp', not {mode!r}")
+    j = int(feature)
+    d = _from_np(model, np.asarray(sae.numpy_params()["W_dec"][j], np.float32))
+
+    def hook_fn(x, hook):
+        n = x.shape[1]
+        keep0 = np.ones((1, n, 1), np.float32)
+        keep0[:, 0] = 0
+        m = _from_np(model, keep0)
+        if mode == "add":
+            return x + m * (value * d)
+        f = sae.encode(x)[..., j : j + 1]
+        f = f.to(x.dtype) if _is_torch(model) else f.astype(x.dtype)
+        return x + m * ((value - f) * d)
+
+    return hook_fn
+
+
+def steer_feature(
+    model,
+    sae,
+    prompt: str,
+    feature: int,
+    mode: str = "add",
+    value: float = 10.0,
+    max_new_tokens: int = 20,
+) -> dict:
+    """Greedy continuations of ``prompt`` without and with the feature added / clamped."""
+    sae = sae_for_model(model, sae)
+    hook = _check(model, sae, feature)
+    fn = feature_hook(model, sae, feature, mode, value)
+    return {
+        "prompt": prompt,
+        "feature": int(feature),
+        "mode": mode,
+        "value": value,
+        "normal": model.generate(prompt, max_new_tokens),
+        "steered": model.generate(prompt, max_new_tokens, fwd_hooks=[(hook, fn)]),
+    }
+
+
+@dataclass
+class FeatureAblationResult:
+    """Next-token loss (mean cross entropy, nats) with and without each feature ablated."""
+
+    hook: str
+    clean_loss: float
+    ablated_loss: dict[int, float]
+    kl: dict[int, float]  # mean KL(clean || ablated) over positions, nats
+    active: dict[int, int]  # positions (after the first) where the feature was active
+
+    def effect(self, feature: int) -> float:
+        return self.ablated_loss[feature] - self.clean_loss
+
+
+def feature_ablation(model, sae, text: str, features: Sequence[int]) -> FeatureAblationResult:
+    """Ablate each feature in turn (clamp to 0) and measure the next-token loss on ``text``."""
+    sae = sae_for_model(model, sae)
+    if isinstance(features, (int, np.integer)):
+        features = [features]
+    hook = None
+    for j in features:
+        hook = _check(model, sae, j)
+    if hook is None:
+        raise ValueError("no features given")
+    tokens = model.to_tokens(text)
+    if int(tokens.shape[1]) < 2:
+        raise ValueError("the text must have at least two tokens to measure a loss")
+    tok_np = _to_np(tokens).astype(np.int64)
+    logits, cache = model.run_with_cache(tokens, names_filter=[hook])
+    clean, clean_lp = _loss_and_logprobs(_to_np(logits), tok_np)
+    f = _to_np(sae.encode(cache[hook]))[0, 1:]
+    losses, kls, active = {}, {}, {}
+    for j in features:
+        fn = feature_hook(model, sae, j, "clamp", 0.0)
+        loss, lp = _loss_and_logprobs(_to_np(model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)])), tok_np)  # fmt: skip
+        losses[int(j)] = loss
+        kls[int(j)] = float((np.exp(clean_lp) * (clean_lp - lp)).sum(-1).mean())
+        active[int(j)] = int((f[:, int(j)] > 0).sum())
+    return FeatureAblationResult(hook, clean, losses, kls, active)
