@@ -1,0 +1,92 @@
+"""The dashboards in a real headless browser: the index loads, search filters, a page opens.
+
+Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and
+selenium (the ``dev`` extra); skipped cleanly when either is missing.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+from mlx_interp.cli import main
+from mlx_interp.sae import SAE, SAEConfig
+from mlx_interp.sae.sae import init_params
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")  # fmt: skip
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:  # fmt: skip
+        opts.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def dashboards(checkpoint_dir, tmp_path_factory):
+    folder = checkpoint_dir("llama-mha-tied")
+    tmp = tmp_path_factory.mktemp("dash")
+    cfg = SAEConfig(d_in=64, d_sae=48, architecture="topk", k=4,
+                    hook_name="blocks.1.hook_resid_post", model_name=str(folder))  # fmt: skip
+    p = init_params(cfg, seed=0)
+    p["b_enc"] = np.random.default_rng(1).normal(0, 0.05, 48).astype(np.float32)
+    SAE(cfg, p).save(tmp / "sae")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog <b>bold</b> & sparse".split()
+    (tmp / "t.txt").write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)))  # fmt: skip
+    rc = main(["features", "--model", str(folder), "--sae", str(tmp / "sae"), "--data", str(tmp / "t.txt"),
+               "--out", str(tmp / "out"), "--tokens", "1000", "--max-features", "3", "--neurons", "none"])  # fmt: skip
+    assert rc == 0
+    return tmp / "out"
+
+
+def test_index_search_and_page(browser, dashboards):
+    from selenium.webdriver.common.by import By
+
+    browser.get((dashboards / "index.html").as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#rows tr")
+    assert len(rows) == 48
+    assert "48 of 48" in browser.find_element(By.ID, "count").text
+    # sorting by max activation puts the largest first
+    browser.find_element(By.CSS_SELECTOR, 'th[data-k="max"]').click()
+    vals = [float(r.find_elements(By.TAG_NAME, "td")[3].text) for r in browser.find_elements(By.CSS_SELECTOR, "#rows tr")]  # fmt: skip
+    assert vals == sorted(vals, reverse=True)
+    # the search box filters on top tokens
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("fox")
+    filtered = browser.find_elements(By.CSS_SELECTOR, "#rows tr")
+    assert 0 < len(filtered) < 48
+    box.clear()
+    box.send_keys("no-such-token-anywhere")
+    assert browser.find_elements(By.CSS_SELECTOR, "#rows tr") == []
+    # a feature page opens from its link
+    browser.find_element(By.ID, "pages").click()
+    link = browser.find_elements(By.CSS_SELECTOR, "#rows a")[0]
+    name = link.text
+    link.click()
+    assert browser.title == f"Feature {name}"
+    assert browser.find_elements(By.CSS_SELECTOR, ".ctx")
+    img = browser.find_element(By.TAG_NAME, "img")
+    assert browser.execute_script("return arguments[0].naturalWidth", img) > 100
+    # escaped text shows as text: no <b> element came from the data
+    assert browser.find_elements(By.CSS_SELECTOR, ".ctx b") == []
