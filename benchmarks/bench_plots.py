@@ -21,8 +21,8 @@ from benchmarks.common import peak_rss_mb, time_it
 def task(quick: bool) -> dict:
     from mlx_interp import load_model
     from mlx_interp.analysis import run_all
-    from mlx_interp.cli import HEATMAP_TEXT
     from mlx_interp.data import default_corpus
+    from mlx_interp.pipeline import HEATMAP_TEXT
     from mlx_interp.plots import residual_norm_heatmap
 
     model = load_model("smollm2-135m")

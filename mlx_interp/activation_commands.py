@@ -191,9 +191,9 @@ def cmd_tokens(args) -> int:
 def cmd_analyze(args) -> int:
     from . import load_model
     from .analysis import run_all
-    from .cli import DEFAULT_PROMPTS
     from .data import read_documents
     from .io import ensure_writable_dir
+    from .pipeline import PROMPTS as DEFAULT_PROMPTS
 
     if args.prompts:
         path = Path(args.prompts)

@@ -1,4 +1,5 @@
-"""The ``mlx-interp`` command line: info, parity, demo."""
+"""The ``mlx-interp`` command line: info, parity, demo, report, and the analysis, SAE and
+feature commands registered by their modules."""
 
 from __future__ import annotations
 
@@ -7,16 +8,6 @@ import sys
 import time
 
 DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_PROMPTS = [
-    "The capital of France is",
-    "The Eiffel Tower is located in the city of",
-    "def fibonacci(n):",
-    "One, two, three, four,",
-    "Water is made of hydrogen and",
-]
-
-
-HEATMAP_TEXT = "The Eiffel Tower is in Paris. The Colosseum is in Rome, and the Acropolis is in"
 
 
 def cmd_info(args) -> int:
@@ -53,8 +44,9 @@ def _flatten(tree, prefix=""):
 
 def cmd_parity(args) -> int:
     from .parity import compare_backends
+    from .pipeline import PROMPTS
 
-    texts = args.text or DEFAULT_PROMPTS[:2]
+    texts = args.text or PROMPTS[:2]
     report = compare_backends(args.model, texts, dtype=args.dtype)
     print(report.table(only_failures=args.failures_only))
     print(report.summary())
@@ -66,85 +58,36 @@ def cmd_parity(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import mlx.core as mx
-    import numpy as np
+    from .pipeline import run_demo
 
-    from . import load_model
-    from .io import ensure_writable_dir, write_json, write_text
-    from .parity import compare_backends
-    from .plots import residual_norm_heatmap
-    from .system import machine_summary
-
-    out = ensure_writable_dir(args.out)
     t0 = time.perf_counter()
-    print(f"[1/4] loading {args.model} ...", flush=True)
-    model = load_model(args.model, dtype=args.dtype)
-    print(f"      {model}")
-
-    print("[2/4] next-token predictions", flush=True)
-    prompts = DEFAULT_PROMPTS
-    tokens, mask = model.tokenize(prompts)
-    logits = model(tokens, attention_mask=mask)
-    last = (
-        (np.asarray(mask).sum(1) - 1)
-        if mask is not None
-        else np.full(len(prompts), tokens.shape[1] - 1)
-    )
-    probs = mx.softmax(logits[mx.arange(len(prompts)), mx.array(last)].astype(mx.float32), axis=-1)
-    top = np.argsort(-np.asarray(probs), axis=-1)[:, : args.top_k]
-    predictions = []
-    lines = ["| prompt | top predictions (probability) |", "| --- | --- |"]
-    for i, prompt in enumerate(prompts):
-        preds = [(model.tokenizer.decode([int(t)]), float(probs[i, int(t)])) for t in top[i]]
-        predictions.append({"prompt": prompt, "top": [{"token": s, "p": p} for s, p in preds]})
-        shown = ", ".join(f"{s!r} ({p:.2f})" for s, p in preds)
-        print(f"      {prompt!r:48s} -> {shown}")
-        lines.append(f"| {prompt!r} | {shown} |")
-    write_json(out / "predictions.json", predictions)
-
-    print("[3/4] parity: MLX vs the PyTorch reference, every hook point", flush=True)
-    report = compare_backends(args.model, prompts[:2], dtype=args.dtype, mlx_model=model)
-    write_text(out / "parity.json", report.to_json())
-    write_text(out / "parity.txt", report.table() + "\n" + report.summary() + "\n")
-    print(f"      {report.summary()}")
-
-    print("[4/4] residual-stream norm heatmap", flush=True)
-    png = residual_norm_heatmap(model, HEATMAP_TEXT, out / "residual_norms.png")
-
-    elapsed = time.perf_counter() - t0
-    machine = machine_summary()
-    summary = [
-        f"# mlx-interp demo: {args.model}",
-        "",
-        f"{model}",
-        "",
-        f"Machine: {machine['os']} {machine['machine']}, MLX on {machine['mlx_device']}, BLAS: {machine['blas']}.",
-        f"Ran in {elapsed:.1f} s.",
-        "",
-        "## Next-token predictions",
-        "",
-        *lines,
-        "",
-        "## Parity",
-        "",
-        report.summary(),
-        "",
-        report.by_kind(),
-        "",
-        "Every hook point: `parity.txt` (and `parity.json`).",
-        "",
-        "## Residual stream norms",
-        "",
-        f"![residual norms]({png.name}) (numbers in `{png.with_suffix('.csv').name}`)",
-        "",
-    ]
-    write_text(out / "summary.md", "\n".join(summary))
-    write_json(out / "machine.json", machine)
+    report = run_demo(args.model, args.out, quick=args.quick, hook=args.hook,
+                      sae_tokens=args.sae_tokens, skip=tuple(args.skip or ()), seed=args.seed)  # fmt: skip
+    out = report.parent
+    print(f"\nDone in {time.perf_counter() - t0:.0f} s. The report: {report}")
     print(
-        f"\nWrote {out}/: summary.md, predictions.json, parity.txt, parity.json, {png.name}, "
-        f"{png.with_suffix('.csv').name}, machine.json  ({elapsed:.0f} s)"
+        f"  basics/    predictions, parity (parity.txt), residual_norms.png    -> {out / 'basics'}"
     )
-    return 0 if report.ok else 1
+    print(
+        f"  analysis/  figures and their numbers, index.md                     -> {out / 'analysis'}"
+    )
+    print(f"  sae/, sae_eval/  the trained SAE, training.json, metrics.json      -> {out / 'sae'}")
+    print(f"  features/  dashboards: open {out / 'features' / 'index.html'}")
+    print(
+        f"  bench/     the performance table                                   -> {out / 'bench'}"
+    )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.run, args.out, pdf=not args.no_pdf)
+    pdf = path.with_suffix(".pdf")
+    print(
+        f"wrote {path}" + (f" and {pdf}" if pdf.exists() else " (no PDF: pandoc is not installed)")
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,12 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_parity)
 
     sp = sub.add_parser(
-        "demo", help="predictions, parity summary and a heatmap on the embedded model"
+        "demo", help="the whole pipeline on one model, ending in a report (resumes if interrupted)"
     )
-    add_model(sp)
-    sp.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
-    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--model", default=DEFAULT_MODEL, help="default: the embedded smollm2-135m")
+    sp.add_argument("--out", default="results/demo", help="run folder (default results/demo)")
+    sp.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in minutes")
+    sp.add_argument("--hook", help="SAE hook (default: the middle layer's hook_resid_post)")
+    sp.add_argument("--sae-tokens", type=int, help="SAE training tokens (default 400000)")
+    sp.add_argument("--skip", action="append", choices=["basics", "analysis", "sae", "sae_eval", "features", "bench"],
+                    help="leave out a stage (repeat)")  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("report", help="assemble report.md from a run folder's artefacts")
+    sp.add_argument("--run", default="results/demo", help="run folder (default results/demo)")
+    sp.add_argument("--out", help="Markdown file (default RUN/report.md)")
+    sp.add_argument("--no-pdf", action="store_true", help="no PDF even when pandoc is installed")
+    sp.set_defaults(func=cmd_report)
 
     # Commands of the activation-analysis work register here (extract, tokens, analyze).
     from .activation_commands import add_commands as add_activation_commands

@@ -57,19 +57,67 @@ def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("mlx-interp info: error:") and "\n" not in err
 
 
-def test_demo_writes_its_results(checkpoint_dir, tmp_path, capsys):
+def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, capsys, monkeypatch):
+    import re
+
+    import mlx_interp.pipeline as pipeline
+
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(checkpoint_dir("gpt2")), "--out", str(out)]) == 0
-    names = {p.name for p in out.iterdir()}
-    assert {"summary.md", "predictions.json", "parity.txt", "parity.json", "residual_norms.png",
-            "residual_norms.csv", "machine.json"} <= names  # fmt: skip
-    assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
-    preds = json.loads((out / "predictions.json").read_text())
+    model = str(checkpoint_dir("gpt2"))
+    args = ["demo", "--model", model, "--out", str(out), "--quick", "--skip", "bench"]
+    # an interruption in the middle: the features stage fails once
+    real = pipeline._cli
+
+    def failing_cli(*a):
+        if a[0] == "features":
+
+            def boom():
+                raise KeyboardInterrupt
+
+            return boom
+        return real(*a)
+
+    monkeypatch.setattr(pipeline, "_cli", failing_cli)
+    assert main(args) == 130
+    assert (out / ".done" / "sae").exists() and not (out / ".done" / "features").exists()
+    monkeypatch.setattr(pipeline, "_cli", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "sae: done already" in log and "features done" in log
+
+    basics = {p.name for p in (out / "basics").iterdir()}
+    assert {"predictions.json", "parity.txt", "parity.json", "residual_norms.png",
+            "residual_norms.csv", "machine.json"} <= basics  # fmt: skip
+    assert not [n for n in basics if n.startswith(".")]  # no temporary files left behind
+    preds = json.loads((out / "basics" / "predictions.json").read_text())
     assert len(preds) == 5 and all(len(p["top"]) == 5 for p in preds)
-    rows = list(csv.reader(open(out / "residual_norms.csv")))
+    rows = list(csv.reader(open(out / "basics" / "residual_norms.csv")))
     assert rows[0][:3] == ["position", "token", "embed"] and len(rows[0]) == 3 + 3  # 3 layers
-    assert (out / "residual_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "PASS" in (out / "summary.md").read_text()
+    for f in [
+        "analysis/index.md",
+        "sae/training.json",
+        "sae_eval/metrics.json",
+        "features/index.html",
+    ]:
+        assert (out / f).exists(), f
+
+    report = (out / "report.md").read_text()
+    for heading in ["## Set-up", "## Activation experiments", "## Sparse autoencoder", "## Feature analysis",
+                    "## Parity between the backends", "## Performance", "## Conclusions and research proposal"]:  # fmt: skip
+        assert heading in report, heading
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) >= 8 and all((out / link).exists() for link in links), links
+    metrics = json.loads((out / "sae_eval" / "metrics.json").read_text())
+    assert (
+        f"| explained variance | {metrics['explained_variance']:.4g} |" in report
+    )  # numbers from artefacts
+    assert "_Not run: no `bench/`" in report
+
+
+def test_report_on_a_missing_run_is_an_error(tmp_path, capsys):
+    assert main(["report", "--run", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_demo_output_folder_that_is_a_file_is_an_error(checkpoint_dir, tmp_path, capsys):

@@ -1,0 +1,165 @@
+"""The whole pipeline on one model, as ``mlx-interp demo`` (and ``make demo``) runs it.
+
+Stages, each writing into its own sub-folder of the run folder and marked done only when
+complete, so that an interrupted demo, run again, goes on where it stopped (training
+itself resumes from its checkpoint):
+
+    basics     next-token predictions, parity MLX vs torch_ref, residual-norm heatmap
+    analysis   mlx-interp analyze on a few prompts
+    sae        mlx-interp train-sae: TopK, 16x expansion, k = 32, at a middle layer
+    sae_eval   mlx-interp eval-sae on held-out text
+    features   mlx-interp features: statistics, monosemanticity vs neurons, dashboards
+    bench      python -m benchmarks --quick (from a source checkout)
+    report     report.md assembled from all of the above
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .io import ensure_writable_dir, write_json, write_text
+
+PROMPTS = [
+    "The capital of France is",
+    "The Eiffel Tower is located in the city of",
+    "def fibonacci(n):",
+    "One, two, three, four,",
+    "Water is made of hydrogen and",
+]
+HEATMAP_TEXT = "The Eiffel Tower is in Paris. The Colosseum is in Rome, and the Acropolis is in"
+ANALYSIS_PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The bank of the river was muddy after the rain, so the bank closed early.",
+]
+STAGES = ["basics", "analysis", "sae", "sae_eval", "features", "bench", "report"]
+
+# Budgets: the full demo trains its SAE for about 15 minutes on a 2-core CPU.
+BUDGETS = {
+    "full": dict(
+        sae_tokens=400_000, eval_tokens=32_768, feature_tokens=100_000, analysis_tokens=2048
+    ),
+    "quick": dict(sae_tokens=8_192, eval_tokens=2_048, feature_tokens=4_096, analysis_tokens=256),
+}
+
+
+def basics(model, out: Path, top_k: int = 5, log=print) -> dict:
+    """Predictions, the parity summary and the residual-norm heatmap; returns the parity report."""
+    import mlx.core as mx
+    import numpy as np
+
+    from .parity import compare_backends
+    from .plots import residual_norm_heatmap
+    from .system import machine_summary
+
+    out = ensure_writable_dir(out)
+    tokens, mask = model.tokenize(PROMPTS)
+    logits = model(tokens, attention_mask=mask)
+    n = len(PROMPTS)
+    last = np.asarray(mask).sum(1) - 1 if mask is not None else np.full(n, tokens.shape[1] - 1)
+    probs = mx.softmax(logits[mx.arange(n), mx.array(last)].astype(mx.float32), axis=-1)
+    top = np.argsort(-np.asarray(probs), axis=-1)[:, :top_k]
+    predictions = []
+    for i, prompt in enumerate(PROMPTS):
+        preds = [(model.tokenizer.decode([int(t)]), float(probs[i, int(t)])) for t in top[i]]
+        predictions.append({"prompt": prompt, "top": [{"token": s, "p": p} for s, p in preds]})
+        log(f"      {prompt!r:48s} -> " + ", ".join(f"{s!r} ({p:.2f})" for s, p in preds))
+    write_json(out / "predictions.json", predictions)
+    report = compare_backends(
+        model.source, PROMPTS[:2], dtype=str(model.dtype).split(".")[-1], mlx_model=model
+    )
+    write_text(out / "parity.json", report.to_json())
+    write_text(out / "parity.txt", report.table() + "\n" + report.summary() + "\n")
+    log(f"      {report.summary()}")
+    residual_norm_heatmap(model, HEATMAP_TEXT, out / "residual_norms.png")
+    write_json(out / "machine.json", machine_summary())
+    return {"ok": report.ok, "summary": report.summary()}
+
+
+def _cli(*args: str) -> Callable[[], None]:
+    def run():
+        from .cli import main
+
+        code = main([str(a) for a in args])
+        if code != 0:
+            raise RuntimeError(f"`mlx-interp {' '.join(map(str, args))}` exited with {code}")
+
+    return run
+
+
+def _bench(out: Path) -> Callable[[], None]:
+    def run():
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "benchmarks" / "__main__.py").exists():
+            write_text(
+                out / "SKIPPED.md",
+                "The benchmark suite lives in the source checkout (benchmarks/).\n",
+            )
+            return
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)], cwd=root, check=True
+        )
+
+    return run
+
+
+def run_demo(
+    model_name: str = "smollm2-135m",
+    out: str | Path = "results/demo",
+    *,
+    quick: bool = False,
+    hook: str | None = None,
+    sae_tokens: int | None = None,
+    skip: tuple[str, ...] = (),
+    seed: int = 0,
+    log=print,
+) -> Path:
+    """Run every stage not yet done into ``out``; returns the report's path."""
+    from . import load_model
+    from .report import build_report
+
+    out = ensure_writable_dir(out)
+    done_dir = out / ".done"
+    budget = dict(BUDGETS["quick" if quick else "full"])
+    if sae_tokens:
+        budget["sae_tokens"] = sae_tokens
+    model = load_model(model_name)
+    hook = hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+    model.check_hook_name(hook)
+    write_json(out / "pipeline.json", {
+        "model": model_name, "hook": hook, "seed": seed, "quick": quick, **budget,
+        "data": "the offline default corpus (mlx_interp.data): train split for training, held-out split for evaluation",
+    })  # fmt: skip
+    prompts = out / "prompts.txt"
+    write_text(prompts, "\n".join(ANALYSIS_PROMPTS) + "\n")
+    sae_dir = out / "sae" / hook
+    stages: dict[str, Callable[[], object]] = {
+        "basics": lambda: basics(model, out / "basics", log=log),
+        "analysis": _cli("analyze", "--model", model_name, "--prompts", prompts, "--out", out / "analysis",
+                         "--max-tokens", budget["analysis_tokens"]),
+        "sae": _cli("train-sae", "--model", model_name, "--hook", hook, "--arch", "topk", "--expansion", 16,
+                    "--k", 32, "--tokens", budget["sae_tokens"], "--seed", seed, "--out", out / "sae"),
+        "sae_eval": _cli("eval-sae", "--sae", sae_dir, "--model", model_name, "--tokens", budget["eval_tokens"],
+                         "--out", out / "sae_eval"),
+        "features": _cli("features", "--sae", sae_dir, "--model", model_name, "--tokens", budget["feature_tokens"],
+                         "--max-features", 40, "--out", out / "features"),
+        "bench": _bench(out / "bench"),
+    }  # fmt: skip
+    for i, name in enumerate(STAGES[:-1], 1):
+        marker = done_dir / name
+        if name in skip:
+            log(f"[{i}/{len(STAGES)}] {name}: skipped")
+            continue
+        if marker.exists():
+            log(f"[{i}/{len(STAGES)}] {name}: done already ({out / name})")
+            continue
+        log(f"[{i}/{len(STAGES)}] {name} ...")
+        t0 = time.perf_counter()
+        stages[name]()
+        write_text(marker, f"{time.perf_counter() - t0:.1f} s\n")
+        log(f"      {name} done in {time.perf_counter() - t0:.0f} s -> {out / name}")
+    log(f"[{len(STAGES)}/{len(STAGES)}] report ...")
+    return build_report(out, out / "report.md")
