@@ -1,0 +1,38 @@
+"""Notebooks 02 (sparse autoencoders) and 03 (feature analysis) run top to bottom on small
+inputs on the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.mark.parametrize(
+    "name, made",
+    [
+        ("02_sparse_autoencoders.ipynb", ["sae_run", "sae_eval", "training_curves.png"]),
+        ("03_feature_analysis.ipynb", ["features", "sae_small"]),
+    ],
+)
+def test_notebook_executes(name, made, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    monkeypatch.setenv("MLX_INTERP_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MLX_INTERP_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("MLX_INTERP_NOTEBOOK_SAE", raising=False)
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]  # fmt: skip
+    assert not errors
+    have = {p.name for p in (tmp_path / "out").iterdir()}
+    for m in made:
+        assert m in have
+    if name.startswith("03"):
+        assert (tmp_path / "out" / "features" / "index.html").exists()
