@@ -77,14 +77,9 @@ def setup_section(r: Report) -> None:
     if pipeline:
         rows += [("model", pipeline.get("model", "?")), ("data", pipeline.get("data", "?")),
                  ("seed", str(pipeline.get("seed", "?")))]  # fmt: skip
-    tc = training.get("train_config")
-    if tc:
-        rows.append(
-            (
-                "SAE training",
-                ", ".join(f"{k}={v}" for k, v in tc.items() if not isinstance(v, (dict, list))),
-            )
-        )
+    for hook, tc in (training.get("train_config") or {}).items():
+        keys = ("architecture", "d_sae", "k", "tokens", "batch_size", "lr", "seed", "sparse_decode")
+        rows.append((f"SAE training ({hook})", ", ".join(f"{k}={tc[k]}" for k in keys if k in tc)))
     r.add("| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], "")
 
 
@@ -129,7 +124,7 @@ def activations_section(r: Report) -> None:
             line = "Numbers: " + ", ".join(
                 f"`{r.rel(analysis)}/{n.strip(' `')}`" for n in line[9:].split(",")
             )
-        r.add(("#" + line) if line.startswith("#") else line)
+        r.add(("##" + line) if line.startswith("#") else line)  # under this section
     r.add("")
     sem = _load(analysis / "semantic_similarity.json")
     if sem and sem.get("best_layer"):
@@ -224,17 +219,17 @@ def features_section(r: Report) -> None:
     )
     cmp = _load(f / "comparison.json") or {}
     s, neurons = cmp.get("sae", {}), cmp.get("neurons", {})
-    if s and neurons:
-        name, n = next(iter(neurons.items()))
-        key = next(
-            (k for k in ("median_purity", "mean_purity", "purity_median") if k in s and k in n),
-            None,
+    for name, n in neurons.items():
+        try:
+            sp, np_ = s["purity"]["median"], n["purity"]["median"]
+            se, ne = s["entropy_bits"]["median"], n["entropy_bits"]["median"]
+        except (KeyError, TypeError):
+            continue
+        r.observations.append(
+            f"on held-out text, SAE features are {'more' if sp > np_ else 'not more'} monosemantic than "
+            f"the neurons of {name}: median top-token purity {sp:.3f} vs {np_:.3f}, median "
+            f"top-token entropy {se:.2f} vs {ne:.2f} bits"
         )
-        if key:
-            r.observations.append(
-                f"SAE features are {'more' if s[key] > n[key] else 'not more'} monosemanticity-pure than "
-                f"raw neurons at {name}: {key.replace('_', ' ')} {s[key]:.3f} vs {n[key]:.3f}"
-            )
     r.add(f"Dashboards: [{r.rel(f / 'index.html')}]({r.rel(f / 'index.html')}) (open in a browser; "
           "sortable by density, max activation and monosemanticity, with a token search).", "")  # fmt: skip
     cards = sorted((f / "cards").glob("*.png"))[:4]
