@@ -141,7 +141,9 @@ def run_demo(
         "analysis": _cli("analyze", "--model", model_name, "--prompts", prompts, "--out", out / "analysis",
                          "--max-tokens", budget["analysis_tokens"]),
         "sae": _cli("train-sae", "--model", model_name, "--hook", hook, "--arch", "topk", "--expansion", 16,
-                    "--k", 32, "--tokens", budget["sae_tokens"], "--seed", seed, "--out", out / "sae"),
+                    "--k", 32, "--tokens", budget["sae_tokens"], "--seed", seed, "--out", out / "sae",
+                    # a short run: a higher rate and a short warm-up (measured: EV 0.81 from 940k tokens)
+                    "--batch-size", 2048, "--lr", 1e-3, "--lr-warmup-steps", 20, "--dead-tokens", 250_000),
         "sae_eval": _cli("eval-sae", "--sae", sae_dir, "--model", model_name, "--tokens", budget["eval_tokens"],
                          "--out", out / "sae_eval"),
         "features": _cli("features", "--sae", sae_dir, "--model", model_name, "--tokens", budget["feature_tokens"],
