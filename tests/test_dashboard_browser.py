@@ -62,6 +62,7 @@ def dashboards(checkpoint_dir, tmp_path_factory):
 
 def test_index_search_and_page(browser, dashboards):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     browser.get((dashboards / "index.html").as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "#rows tr")
@@ -79,6 +80,9 @@ def test_index_search_and_page(browser, dashboards):
     box.clear()
     box.send_keys("no-such-token-anywhere")
     assert browser.find_elements(By.CSS_SELECTOR, "#rows tr") == []
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)  # an input event: the filter is reset
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#rows tr")) == 48
     # a feature page opens from its link
     browser.find_element(By.ID, "pages").click()
     link = browser.find_elements(By.CSS_SELECTOR, "#rows a")[0]
