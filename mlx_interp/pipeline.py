@@ -40,7 +40,7 @@ STAGES = ["basics", "analysis", "sae", "sae_eval", "features", "bench", "report"
 # Budgets: the full demo trains its SAE for about 15 minutes on a 2-core CPU.
 BUDGETS = {
     "full": dict(
-        sae_tokens=400_000, eval_tokens=32_768, feature_tokens=100_000, analysis_tokens=2048
+        sae_tokens=400_000, eval_tokens=32_768, feature_tokens=25_000, analysis_tokens=2048
     ),
     "quick": dict(sae_tokens=8_192, eval_tokens=2_048, feature_tokens=4_096, analysis_tokens=256),
 }
