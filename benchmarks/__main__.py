@@ -160,8 +160,14 @@ def markdown(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sae["rows"]:
-        gf = r.get("gflops_per_s")
-        extra = f"{gf:.1f} | {100 * gf / peak:.0f}%" if gf else " | "
+        # Dense work only: a training step is 10 d_in d_sae FLOPs per token (encoder forward
+        # and weight gradient, decoder forward, weight and input gradients), inference 4.
+        # The sparse decode does less work, so a FLOP rate would not compare.
+        extra = "- | -"
+        if r["decode"] == "dense":
+            per_token = (10 if r["kind"] == "train step" else 4) * sae["d_in"] * r["d_sae"]
+            gf = per_token * r["tokens_per_s"] / 1e9
+            extra = f"{gf:.1f} | {100 * gf / peak:.0f}%"
         out.append(
             f"| {r['kind']} | {r['backend']} | {r['decode']} | {r['d_sae']} | {1e3 * r['median_s']:.0f} "
             f"({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | {r['tokens_per_s']:.0f} | {extra} |"
@@ -193,8 +199,19 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="CI-sized: small inputs, few repeats")
     p.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json")
     p.add_argument("--only", default="forward,sae,plots,scaling", help="comma-separated sections")
+    p.add_argument(
+        "--render", metavar="JSON", help="only rewrite the Markdown table of a result JSON"
+    )
     a = p.parse_args(argv)
     from mlx_interp.io import ensure_writable_dir, write_json, write_text
+
+    if a.render:
+        import json
+
+        md = Path(a.render).with_suffix(".md")
+        write_text(md, markdown(json.loads(Path(a.render).read_text())))
+        print(f"wrote {md}")
+        return 0
 
     out = ensure_writable_dir(a.out)
     t0 = time.perf_counter()
