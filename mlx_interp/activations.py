@@ -657,7 +657,7 @@ def load_extraction(out: str | Path, hooks: list[str] | None = None) -> tuple[di
 
     Loads everything into memory; for large extractions iterate ``iter_shards``.
     """
-    meta = _read_meta(Path(out))
+    meta = read_metadata(Path(out))
     acts: dict[str, list] = {}
     rows: dict[str, list] = {}
     for _, a, r in iter_shards(out, hooks):
@@ -672,7 +672,7 @@ def load_extraction(out: str | Path, hooks: list[str] | None = None) -> tuple[di
 def iter_shards(out: str | Path, hooks: list[str] | None = None):
     """Yield (metadata, {hook: np.ndarray}, {row field: np.ndarray}) shard by shard."""
     out = Path(out)
-    meta = _read_meta(out)
+    meta = read_metadata(out)
     for s in meta["shards"]:
         a = mx.load(str(out / s["file"]))
         a = {h: np.asarray(a[h].astype(mx.float32)) for h in hooks or meta["hooks"]}
@@ -680,7 +680,8 @@ def iter_shards(out: str | Path, hooks: list[str] | None = None):
         yield meta, a, r
 
 
-def _read_meta(out: Path) -> dict:
+def read_metadata(out: Path) -> dict:
+    """The metadata.json of an extraction folder (a one-line error when there is none)."""
     import json
 
     path = Path(out) / META_FILE

@@ -74,9 +74,9 @@ def extraction_source(
 ):
     """Rows from an ``mlx-interp extract`` folder, shard by shard (``epochs`` times over).
     If the extraction kept massive rows, they are left out here (by the same norm rule)."""
-    from ..activations import _read_meta
+    from ..activations import read_metadata
 
-    meta = _read_meta(Path(folder))
+    meta = read_metadata(Path(folder))
     missing = [h for h in hooks if h not in meta["hooks"]]
     if missing:
         raise ValueError(
