@@ -33,9 +33,15 @@ def layer_of(name: str) -> int | None:
 
 
 def _computed_before(name: str, stop: int) -> bool:
-    """Whether a forward pass stopped before block ``stop`` computes this hook point."""
+    """Whether a forward pass stopped before block ``stop`` computes this hook point.
+
+    Blocks before ``stop`` run, and the residual stream they hand on is visible at
+    ``blocks.{stop}.hook_resid_pre`` (as in TransformerLens).
+    """
     layer = layer_of(name)
-    return layer < stop if layer is not None else not name.startswith("ln_final")
+    if layer is None:
+        return not name.startswith("ln_final")
+    return layer < stop or name == f"blocks.{stop}.hook_resid_pre"
 
 
 class HookedModel:

@@ -110,7 +110,8 @@ def test_stop_at_layer_returns_no_logits_and_only_earlier_blocks(model):
     logits, cache = model.run_with_cache(tokens, stop_at_layer=2)
     assert logits is None
     layers = {int(m.group(1)) for n in cache if (m := re.match(r"blocks\.(\d+)\.", n))}
-    assert layers == {0, 1}
+    assert layers == {0, 1, 2}
+    assert [n for n in cache if n.startswith("blocks.2.")] == ["blocks.2.hook_resid_pre"]
     assert "ln_final.hook_normalized" not in cache
     _, full = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
     np.testing.assert_allclose(
@@ -119,7 +120,17 @@ def test_stop_at_layer_returns_no_logits_and_only_earlier_blocks(model):
         rtol=1e-6,
     )
     with pytest.raises(ValueError, match="not computed with stop_at_layer"):
-        model.run_with_cache(tokens, names_filter=["blocks.2.hook_resid_pre"], stop_at_layer=2)
+        model.run_with_cache(tokens, names_filter=["blocks.2.hook_resid_mid"], stop_at_layer=2)
+    # the README's example: the residual entering the first block not run
+    _, stopped = model.run_with_cache(
+        tokens, names_filter=["blocks.2.hook_resid_pre"], stop_at_layer=2
+    )
+    _, whole = model.run_with_cache(tokens, names_filter=["blocks.2.hook_resid_pre"])
+    np.testing.assert_allclose(
+        np.array(stopped["blocks.2.hook_resid_pre"]),
+        np.array(whole["blocks.2.hook_resid_pre"]),
+        rtol=1e-6,
+    )
 
 
 def test_stop_at_layer_skips_later_blocks(model, monkeypatch):

@@ -236,12 +236,16 @@ def test_stop_at_layer_runs_only_earlier_blocks(ref_model):
     assert logits is None
     assert list(cache) == [
         n for n in ref.hook_names if n == "hook_embed" or n.startswith("blocks.0.")
-    ]
+    ] + ["blocks.1.hook_resid_pre"]  # the residual handed on to the first block not run
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"], full["blocks.0.hook_resid_post"])
+    torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], full["blocks.1.hook_resid_pre"])
     seen = []
     ref.run_with_hooks(tokens, fwd_hooks=[(lambda n: True, lambda x, hook: seen.append(hook.name))])
     assert seen == ref.hook_names
-    assert ref.run_with_cache(tokens, stop_at_layer=0)[1].keys() == {"hook_embed"}
+    assert ref.run_with_cache(tokens, stop_at_layer=0)[1].keys() == {
+        "hook_embed",
+        "blocks.0.hook_resid_pre",
+    }
 
 
 def test_names_filter_forms(ref_model):

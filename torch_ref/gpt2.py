@@ -138,6 +138,8 @@ class GPT2(nn.Module):
         for block in self.blocks[:stop_at_layer]:
             resid = block(resid, allowed)
         if stop_at_layer is not None:
+            if stop_at_layer < len(self.blocks):  # the residual the next block would read
+                self.blocks[stop_at_layer].hook_resid_pre(resid)
             return None
 
         x = self.ln_final(resid)

@@ -180,6 +180,8 @@ class Llama(nn.Module):
         for block in self.blocks[:stop_at_layer]:
             resid = block(resid, cos, sin, allowed)
         if stop_at_layer is not None:
+            if stop_at_layer < len(self.blocks):  # the residual the next block would read
+                self.blocks[stop_at_layer].hook_resid_pre(resid)
             return None
 
         x = self.ln_final(resid)

@@ -146,7 +146,8 @@ class HookedModel(nn.Module):
         """Run and keep activations: (logits or None when stop_at_layer is set, {name: tensor}).
 
         names_filter: None (all), a name, a list of names, or a predicate name -> bool.
-        stop_at_layer=L runs only blocks 0 .. L-1 (the later blocks are not computed).
+        stop_at_layer=L runs only blocks 0 .. L-1 (the later blocks are not computed); the
+        residual they hand on is cached as blocks.L.hook_resid_pre.
         """
         tokens, attention_mask = self._check_inputs(tokens, attention_mask)
         names = select_names(names_filter, self.hook_names)

@@ -207,6 +207,8 @@ class Model(nn.Module):
         for block in self.blocks[:stop_at_layer]:
             x = block(x, mask, positions)
         if stop_at_layer is not None:
+            if stop_at_layer < len(self.blocks):  # what the first block not run would receive
+                self.blocks[stop_at_layer].hook_resid_pre(x)
             return None
         return self.unembed(x)
 
