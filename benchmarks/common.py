@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+from mlx_interp.system import peak_rss_mb  # noqa: F401  (re-exported for the benchmarks)
 
 
 @dataclass
@@ -48,12 +49,6 @@ def time_it(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timi
         fn()
         times.append(time.perf_counter() - t0)
     return Timing(statistics.median(times), min(times), max(times), repeats)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def run_isolated(module: str, args: list[str], timeout: float = 3600) -> dict:

@@ -11,12 +11,14 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def cmd_info(args) -> int:
+    from mlx.utils import tree_flatten
+
     from . import load_model
     from .system import blas_info, mlx_device, package_versions
 
     model = load_model(args.model, dtype=args.dtype)
     c = model.cfg
-    n_params = sum(v.size for _, v in _flatten(model.model.parameters()))
+    n_params = sum(v.size for _, v in tree_flatten(model.model.parameters()))
     print(f"model        {args.model}  ({model.folder})")
     print(f"architecture {c.architecture}")
     print(f"parameters   {n_params / 1e6:.1f} M   dtype {args.dtype}")
@@ -34,12 +36,6 @@ def cmd_info(args) -> int:
     for name in per_block:
         print(f"    {name}")
     return 0
-
-
-def _flatten(tree, prefix=""):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree, prefix)
 
 
 def cmd_parity(args) -> int:

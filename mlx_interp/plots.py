@@ -35,8 +35,10 @@ def residual_norms(model, text: str) -> tuple[list[str], np.ndarray]:
 
     Row 0 is the embedding (blocks.0.hook_resid_pre), row L + 1 is blocks.L.hook_resid_post.
     """
+    from .analysis import resid_names
+
     n = model.cfg.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
+    names = resid_names(n)
     tokens = model.to_tokens(text)
     _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=n)
     import mlx.core as mx

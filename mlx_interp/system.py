@@ -76,6 +76,14 @@ def _cblas_sgemm_library() -> str | None:
         return None
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 def package_versions(names=("mlx", "torch", "transformers", "numpy")) -> dict[str, str]:
     out = {}
     for name in names:

@@ -69,6 +69,7 @@ def run_features(
     import numpy as np
 
     from ..io import ensure_writable_dir, write_json
+    from ..system import peak_rss_mb
     from .compare import write_comparison
     from .dashboards import write_dashboards, write_features_csv
     from .stats import StatsConfig
@@ -116,7 +117,7 @@ def run_features(
         **info,
         "seconds_pass": t_pass,
         "seconds_total": time.perf_counter() - t0,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "sae_summary": cmp["sae"],
         "neuron_summaries": cmp["neurons"],
         "rendered_features": rendered,
@@ -169,11 +170,3 @@ def cmd_features(args: argparse.Namespace) -> int:
     print(f"SAE: dead {sm['dead_fraction']:.3f}, dense {sm['dense_fraction']:.4f}")
     print(f"wrote {args.out}/index.html ({len(s['rendered_features'])} feature pages), summary.json, comparison.md")  # fmt: skip
     return 0
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    import sys
-
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
