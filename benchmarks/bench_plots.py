@@ -21,9 +21,8 @@ from benchmarks.common import peak_rss_mb, time_it
 def task(quick: bool) -> dict:
     from mlx_interp import load_model
     from mlx_interp.analysis import run_all
-    from mlx_interp.data import default_corpus
-    from mlx_interp.pipeline import HEATMAP_TEXT
-    from mlx_interp.plots import residual_norm_heatmap
+    from mlx_interp.analysis.plots import residual_norm_heatmap
+    from mlx_interp.data import HEATMAP_TEXT, default_corpus
 
     model = load_model("smollm2-135m")
     repeats = 2 if quick else 3

@@ -28,6 +28,20 @@ from pathlib import Path
 from .io import write_text
 
 # Version of the corpus recipe: bump it when the recipe changes, so caches are rebuilt.
+# Prompts of the demo and the CLI's defaults: predictions, parity, heatmap, analysis.
+PROMPTS = [
+    "The capital of France is",
+    "The Eiffel Tower is located in the city of",
+    "def fibonacci(n):",
+    "One, two, three, four,",
+    "Water is made of hydrogen and",
+]
+HEATMAP_TEXT = "The Eiffel Tower is in Paris. The Colosseum is in Rome, and the Acropolis is in"
+ANALYSIS_PROMPTS = [
+    "When Mary and John went to the store, John gave a drink to",
+    "The bank of the river was muddy after the rain, so the bank closed early.",
+]
+
 CORPUS_VERSION = 1
 # Packages whose docstrings and shipped docs join the standard library's (those missing
 # on a machine are skipped; the README states the token count on the reference install).

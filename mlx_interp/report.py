@@ -182,7 +182,7 @@ def sae_section(r: Report) -> None:
 
 
 def _training_curves(log: list[dict], hook: str, png: Path) -> None:
-    from .plots import plt, save_figure
+    from .analysis.plots import plt, save_figure
 
     steps = [row.get("step", i) for i, row in enumerate(log)]
     keys = [

@@ -12,7 +12,7 @@ import torch
 
 from mlx_interp import load_model
 from mlx_interp.activations import iter_activations
-from mlx_interp.interventions import (
+from mlx_interp.analysis.interventions import (
     ablation_effects,
     activation_patching,
     mean_activations,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mlx_interp import load_model
+from mlx_interp.activations import token_activations
 from mlx_interp.analysis import logit_lens, massive_mask, run_all, semantic_similarity
 from mlx_interp.cli import main
-from mlx_interp.tokens import token_activations
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -60,7 +60,7 @@ def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
 def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, capsys, monkeypatch):
     import re
 
-    import mlx_interp.pipeline as pipeline
+    import mlx_interp.cli.demo as pipeline
 
     out = tmp_path / "demo"
     model = str(checkpoint_dir("gpt2"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlx_interp import load_model
-from mlx_interp.interventions import (
+from mlx_interp.analysis.interventions import (
     ablation_effects,
     activation_patching,
     mean_activations,

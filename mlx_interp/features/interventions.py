@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..interventions import _check_hook, _from_np, _is_torch, _loss_and_logprobs, _to_np
+from ..analysis.interventions import _check_hook, _from_np, _is_torch, _loss_and_logprobs, _to_np
 
 
 def sae_for_model(model, sae):

@@ -91,7 +91,7 @@ def check_sae_for_model(sae_cfg, model, hook: str | None = None, model_name: str
 
 
 def hook_width(model, hook: str) -> int:
-    from ..activations import _hook_shape
+    from ..activations.store import _hook_shape
 
     return int(np.prod(_hook_shape(model, hook)))
 

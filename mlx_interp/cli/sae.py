@@ -65,8 +65,8 @@ def add_commands(sub, add_model) -> None:
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from ..io import ensure_writable_dir
     from ..model import load_model
-    from .stream import extraction_source, model_source, texts_opener
-    from .training import TrainConfig, train_sae
+    from ..sae.stream import extraction_source, model_source, texts_opener
+    from ..sae.training import TrainConfig, train_sae
 
     ensure_writable_dir(args.out)
     tc = TrainConfig(
@@ -137,7 +137,7 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..model import load_model
-    from .eval import evaluate_sae, print_report, write_report
+    from ..sae.eval import evaluate_sae, print_report, write_report
 
     model = load_model(args.model, dtype=args.dtype)
     report, density = evaluate_sae(

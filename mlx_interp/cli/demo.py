@@ -21,20 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .io import ensure_writable_dir, write_json, write_text
+from ..data import ANALYSIS_PROMPTS, HEATMAP_TEXT, PROMPTS
+from ..io import ensure_writable_dir, write_json, write_text
 
-PROMPTS = [
-    "The capital of France is",
-    "The Eiffel Tower is located in the city of",
-    "def fibonacci(n):",
-    "One, two, three, four,",
-    "Water is made of hydrogen and",
-]
-HEATMAP_TEXT = "The Eiffel Tower is in Paris. The Colosseum is in Rome, and the Acropolis is in"
-ANALYSIS_PROMPTS = [
-    "When Mary and John went to the store, John gave a drink to",
-    "The bank of the river was muddy after the rain, so the bank closed early.",
-]
 STAGES = ["basics", "analysis", "sae", "sae_eval", "features", "bench", "report"]
 
 # Budgets: on our 2-core CPU the full demo takes about 17 minutes, 11 of them training the SAE
@@ -52,9 +41,9 @@ def basics(model, out: Path, top_k: int = 5, log=print) -> dict:
     import mlx.core as mx
     import numpy as np
 
-    from .parity import compare_backends
-    from .plots import residual_norm_heatmap
-    from .system import machine_summary
+    from ..analysis.plots import residual_norm_heatmap
+    from ..parity import compare_backends
+    from ..system import machine_summary
 
     out = ensure_writable_dir(out)
     tokens, mask = model.tokenize(PROMPTS)
@@ -82,7 +71,7 @@ def basics(model, out: Path, top_k: int = 5, log=print) -> dict:
 
 def _cli(*args: str) -> Callable[[], None]:
     def run():
-        from .cli import main
+        from .main import main
 
         code = main([str(a) for a in args])
         if code != 0:
@@ -119,8 +108,8 @@ def run_demo(
     log=print,
 ) -> Path:
     """Run every stage not yet done into ``out``; returns the report's path."""
-    from . import load_model
-    from .report import build_report
+    from ..model import load_model
+    from ..report import build_report
 
     out = ensure_writable_dir(out)
     done_dir = out / ".done"

@@ -13,8 +13,8 @@ DEFAULT_MODEL = "smollm2-135m"
 def cmd_info(args) -> int:
     from mlx.utils import tree_flatten
 
-    from . import load_model
-    from .system import blas_info, mlx_device, package_versions
+    from ..model import load_model
+    from ..system import blas_info, mlx_device, package_versions
 
     model = load_model(args.model, dtype=args.dtype)
     c = model.cfg
@@ -39,22 +39,22 @@ def cmd_info(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from .parity import compare_backends
-    from .pipeline import PROMPTS
+    from ..data import PROMPTS
+    from ..parity import compare_backends
 
     texts = args.text or PROMPTS[:2]
     report = compare_backends(args.model, texts, dtype=args.dtype)
     print(report.table(only_failures=args.failures_only))
     print(report.summary())
     if args.json:
-        from .io import write_text
+        from ..io import write_text
 
         write_text(args.json, report.to_json())
     return 0 if report.ok else 1
 
 
 def cmd_demo(args) -> int:
-    from .pipeline import run_demo
+    from .demo import run_demo
 
     t0 = time.perf_counter()
     report = run_demo(args.model, args.out, quick=args.quick, hook=args.hook,
@@ -76,7 +76,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     path = build_report(args.run, args.out, pdf=not args.no_pdf)
     pdf = path.with_suffix(".pdf")
@@ -131,15 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_report)
 
     # Commands of the activation-analysis work register here (extract, tokens, analyze).
-    from .activation_commands import add_commands as add_activation_commands
+    from .activations import add_commands as add_activation_commands
 
     add_activation_commands(sub, add_model)
     # Commands of the SAE work register here (train-sae, eval-sae).
-    from .sae.commands import add_commands as add_sae_commands
+    from .sae import add_commands as add_sae_commands
 
     add_sae_commands(sub, add_model)
     # Commands of the feature-analysis work register here (features).
-    from .features.commands import add_commands as add_feature_commands
+    from .features import add_commands as add_feature_commands
 
     add_feature_commands(sub, add_model)
     return p

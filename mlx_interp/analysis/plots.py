@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from ..io import atomic_path  # noqa: E402
+from .measures import residual_norms  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -28,23 +29,6 @@ def write_csv(path: str | Path, header: list[str], rows) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return Path(path)
-
-
-def residual_norms(model, text: str) -> tuple[list[str], np.ndarray]:
-    """Norms of the residual stream: (str_tokens, norms (n_layers + 1, pos)).
-
-    Row 0 is the embedding (blocks.0.hook_resid_pre), row L + 1 is blocks.L.hook_resid_post.
-    """
-    from .analysis import resid_names
-
-    n = model.cfg.n_layers
-    names = resid_names(n)
-    tokens = model.to_tokens(text)
-    _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=n)
-    import mlx.core as mx
-
-    norms = mx.stack([mx.linalg.norm(cache[k][0].astype(mx.float32), axis=-1) for k in names])
-    return model.to_str_tokens(tokens[0]), np.array(norms)
 
 
 def token_labels(str_tokens: list[str]) -> list[str]:
@@ -100,7 +84,7 @@ def _sibling(path: str | Path, suffix: str) -> Path:
 
 
 def _write_json(path: Path, obj) -> Path:
-    from .io import write_json
+    from ..io import write_json
 
     return write_json(path, obj)
 
@@ -392,7 +376,7 @@ def logit_lens_plot(ll, path: str | Path, model_name: str = "") -> list[Path]:
     ]
     csv_ = write_csv(_sibling(path, ".csv"), header, rows)
     md = _sibling(path, ".md")
-    from .io import write_text
+    from ..io import write_text
 
     last = n_pos - 1
     lines = [
@@ -448,7 +432,7 @@ def token_occurrences_report(ta, out: str | Path, title_model: str = "") -> list
     """For `mlx-interp tokens --out`: activations, occurrences (CSV) and a similarity plot per hook."""
     import mlx.core as mx
 
-    from .io import atomic_path, ensure_writable_dir
+    from ..io import atomic_path, ensure_writable_dir
 
     out = ensure_writable_dir(out)
     written = []

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import boundary_token, iter_activations
+from .stream import iter_activations
+from .windows import boundary_token
 
 
 @dataclass

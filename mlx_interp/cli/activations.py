@@ -93,7 +93,7 @@ def _positions(arg: str) -> str | int:
 
 def open_data(data: str | None, split: str):
     """(documents, data_id) for --data/--split; checks the data before anything runs."""
-    from .data import CORPUS_VERSION, default_corpus, read_documents, split_documents
+    from ..data import CORPUS_VERSION, default_corpus, read_documents, split_documents
 
     if data is None:
         return default_corpus(split), f"default corpus v{CORPUS_VERSION}, {split} split"
@@ -110,9 +110,9 @@ def open_data(data: str | None, split: str):
 
 
 def cmd_extract(args) -> int:
-    from . import load_model
-    from .activations import extract
-    from .io import ensure_writable_dir
+    from ..activations import extract
+    from ..io import ensure_writable_dir
+    from ..model import load_model
 
     hooks = _hooks(args.hooks)
     docs, data_id = open_data(args.data, args.split)
@@ -150,8 +150,8 @@ def cmd_extract(args) -> int:
 
 
 def cmd_tokens(args) -> int:
-    from . import load_model
-    from .tokens import token_activations
+    from ..activations import token_activations
+    from ..model import load_model
 
     hooks = _hooks(args.hooks)
     if args.text:
@@ -161,7 +161,7 @@ def cmd_tokens(args) -> int:
     else:
         docs, _ = open_data(args.data, args.split)
     if args.out:
-        from .io import ensure_writable_dir
+        from ..io import ensure_writable_dir
 
         ensure_writable_dir(args.out)
     model = load_model(args.model, dtype=args.dtype)
@@ -181,7 +181,7 @@ def cmd_tokens(args) -> int:
         cells = "  ".join(f"{norms[h][i]:{len(h) + 2}.1f}" for h in hooks)
         print(f"{i:3d} {ta.doc_ids[i]:5d} {ta.positions[i]:4d}  {cells}  {ta.contexts[i]!r}")
     if args.out:
-        from .plots import token_occurrences_report
+        from ..analysis.plots import token_occurrences_report
 
         written = token_occurrences_report(ta, args.out, title_model=args.model)
         print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
@@ -189,11 +189,11 @@ def cmd_tokens(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from . import load_model
-    from .analysis import run_all
-    from .data import read_documents
-    from .io import ensure_writable_dir
-    from .pipeline import PROMPTS as DEFAULT_PROMPTS
+    from ..analysis import run_all
+    from ..data import PROMPTS as DEFAULT_PROMPTS
+    from ..data import read_documents
+    from ..io import ensure_writable_dir
+    from ..model import load_model
 
     if args.prompts:
         path = Path(args.prompts)

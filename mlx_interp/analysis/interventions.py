@@ -45,14 +45,14 @@ def _tokens(model, text: str):
 
 
 def _single_token(model, s: str) -> int:
-    from .activations import resolve_token
+    from ..activations import resolve_token
 
     return resolve_token(model.tokenizer, s)
 
 
 def _check_hook(model, name: str) -> str:
     if name not in model.hook_names:
-        from .hooks import unknown_name_error
+        from ..hooks import unknown_name_error
 
         raise unknown_name_error(name, model.hook_names)
     return name

@@ -68,12 +68,18 @@ def run_features(
     """The whole ``features`` command as a function; returns summary.json's content."""
     import numpy as np
 
+    from ..features.compare import write_comparison
+    from ..features.dashboards import write_dashboards, write_features_csv
+    from ..features.stats import StatsConfig
+    from ..features.store import (
+        compute_feature_stats,
+        load_sae,
+        logit_effects,
+        vocab_strings,
+        write_store,
+    )
     from ..io import ensure_writable_dir, write_json
     from ..system import peak_rss_mb
-    from .compare import write_comparison
-    from .dashboards import write_dashboards, write_features_csv
-    from .stats import StatsConfig
-    from .store import compute_feature_stats, load_sae, logit_effects, vocab_strings, write_store
 
     out = ensure_writable_dir(out)
     t0 = time.perf_counter()
@@ -138,7 +144,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         from ..data import read_documents
 
         texts, data_name = read_documents(args.data), str(args.data)
-    from .store import load_sae
+    from ..features.store import load_sae
 
     sae_cfg = load_sae(args.sae, args.backend).cfg
     name = sae_cfg.model_name if args.ignore_model_name else str(args.model)

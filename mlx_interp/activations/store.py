@@ -1,0 +1,257 @@
+"""Activations on disk: ``extract`` writes safetensors shards that survive interruption.
+
+``shard_NNNNN.safetensors`` holds one 2-D tensor per hook, ``rows_NNNNN.safetensors`` the
+token id, position, document and window of every row, ``metadata.json`` the settings and the
+list of finished shards; everything is written atomically, and a rerun resumes after the
+last complete shard.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from ..io import atomic_path, ensure_writable_dir, write_json
+from .stream import ActivationBatch, _position_mode, check_hooks, iter_activations, stop_layer_for
+
+META_FILE = "metadata.json"
+
+
+class SimulatedInterruption(RuntimeError):
+    """Raised by extract(_stop_after_shards=N): a crash after N shards, for resume tests."""
+
+
+FORMAT_VERSION = 1
+
+
+def _settings(model, hooks, data_id, context_length, max_tokens, positions, exclude_massive, pack):
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": str(model.source),
+        "architecture": model.cfg.architecture,
+        "d_model": model.cfg.d_model,
+        "hooks": hooks,
+        "dtype": str(model.dtype).split(".")[-1],
+        "data": data_id,
+        "context_length": context_length,
+        "max_tokens": max_tokens,
+        "positions": positions,
+        "exclude_massive": exclude_massive,
+        "pack": pack,
+    }
+
+
+def extract(
+    model,
+    hooks: list[str],
+    out: str | Path,
+    texts: Iterable[str] | None = None,
+    *,
+    data_id: str | None = None,
+    batch_size: int = 8,
+    context_length: int = 128,
+    max_tokens: int | None = None,
+    positions: str | int = "all",
+    exclude_massive: bool = False,
+    pack: bool = True,
+    shard_mb: float = 256.0,
+    progress: bool = False,
+    _stop_after_shards: int | None = None,
+) -> dict:
+    """Write activations to ``out`` as safetensors shards; resume an interrupted run.
+
+    Files: ``shard_NNNNN.safetensors`` (one (rows, d) tensor per hook, named by the hook),
+    ``rows_NNNNN.safetensors`` (token_ids, positions, doc_ids, window_ids of the same rows)
+    and ``metadata.json`` (model, hooks, dtype, settings, the shards, how far the data was
+    read). Each file is written under a temporary name and renamed; metadata.json is
+    rewritten after every shard, and only shards listed there count. A rerun with the same
+    settings skips the windows of the listed shards and continues: no row is duplicated or
+    missing. Memory: one batch plus one shard buffer (``shard_mb``).
+
+    data_id names the data for the resume check (the CLI passes the file path, size and
+    mtime; None with texts=None means the default corpus). Returns the final metadata.
+    """
+    out = Path(out)
+    tok = model._require_tokenizer()
+    hooks = check_hooks(model, hooks)
+    _position_mode(tok, positions)  # fail on a bad token before creating anything
+    if texts is None and data_id is None:
+        from ..data import CORPUS_VERSION
+
+        data_id = f"default corpus v{CORPUS_VERSION}, train split"
+    settings = _settings(
+        model, hooks, data_id, context_length, max_tokens, positions, exclude_massive, pack
+    )
+    created = not out.exists()
+    ensure_writable_dir(out)
+    meta = _resume_state(out, settings)
+    if meta.get("complete"):
+        return meta
+    dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks}
+    itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[settings["dtype"]]
+    shard_rows = max(1, int(shard_mb * 2**20 / (itemsize * sum(dims.values()))))
+
+    buf: list[ActivationBatch] = []
+    n_buf = 0
+    excluded = dict(meta["n_excluded"])
+    n_written_now = 0
+
+    def flush(windows_done: int, tokens_done: int):
+        nonlocal buf, n_buf, n_written_now
+        k = len(meta["shards"])
+        if buf:
+            acts = {h: mx.concatenate([b.acts[h] for b in buf]) for h in hooks}
+            rows = {
+                key: mx.array(np.concatenate([b.rows_table()[key] for b in buf]))
+                for key in ("token_ids", "positions", "doc_ids", "window_ids")
+            }
+            _save(out / f"rows_{k:05d}.safetensors", rows)
+            _save(out / f"shard_{k:05d}.safetensors", acts)
+            meta["shards"].append(
+                {
+                    "file": f"shard_{k:05d}.safetensors",
+                    "rows_file": f"rows_{k:05d}.safetensors",
+                    "n_rows": n_buf,
+                    "windows": [meta["windows_done"], windows_done],
+                }
+            )
+            meta["n_rows"] += n_buf
+        meta["windows_done"] = windows_done
+        meta["tokens_done"] = tokens_done
+        meta["n_excluded"] = dict(excluded)
+        write_json(out / META_FILE, meta)
+        buf, n_buf = [], 0
+        n_written_now += 1
+
+    windows_done, tokens_done = meta["windows_done"], meta["tokens_done"]
+    try:
+        for batch in iter_activations(
+            model,
+            hooks,
+            texts,
+            batch_size=batch_size,
+            context_length=context_length,
+            max_tokens=max_tokens,
+            positions=positions,
+            exclude_massive=exclude_massive,
+            pack=pack,
+            start_window=meta["windows_done"],
+            progress=progress,
+        ):
+            buf.append(batch)
+            n_buf += batch.n_rows
+            for key, v in batch.n_excluded.items():
+                excluded[key] = excluded.get(key, 0) + v
+            windows_done = batch.first_window + len(batch.windows)
+            tokens_done += batch.n_tokens
+            if n_buf >= shard_rows:
+                flush(windows_done, tokens_done)
+                if _stop_after_shards is not None and n_written_now >= _stop_after_shards:
+                    raise SimulatedInterruption(f"stopped after {n_written_now} shards")
+    except ValueError:
+        if not meta["shards"]:  # nothing of value written: leave nothing behind
+            (out / META_FILE).unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+    # windows skipped without a forward pass at the end (positions=TOKEN) are done too
+    flush(windows_done, tokens_done)
+    meta["complete"] = True
+    write_json(out / META_FILE, meta)
+    return meta
+
+
+def _hook_shape(model, hook: str) -> tuple[int, ...]:
+    _, cache = model.run_with_cache(
+        mx.zeros((1, 2), mx.int32),
+        names_filter=[hook],
+        stop_at_layer=stop_layer_for([hook], model.cfg.n_layers),
+    )
+    return tuple(cache[hook].shape[2:])
+
+
+def _save(path: Path, arrays: dict[str, mx.array]) -> None:
+    with atomic_path(path) as tmp:
+        mx.save_safetensors(str(tmp), arrays)
+
+
+def _resume_state(out: Path, settings: dict) -> dict:
+    import json
+
+    path = out / META_FILE
+    if not path.exists():
+        if any(p.name.startswith("shard_") for p in out.iterdir()):
+            raise ValueError(f"{out} holds shards but no {META_FILE}; choose an empty --out folder")
+        return {
+            **settings,
+            "shards": [],
+            "n_rows": 0,
+            "windows_done": 0,
+            "tokens_done": 0,
+            "n_excluded": {},
+            "complete": False,
+        }
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({e}); remove it or choose another --out") from None
+    differ = [k for k, v in settings.items() if meta.get(k) != v]
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"{out} holds an extraction with other settings ({k}: {meta.get(k)!r} there, "
+            f"{settings[k]!r} now); choose another --out folder"
+        )
+    for s in meta["shards"]:
+        for f in (s["file"], s["rows_file"]):
+            if not (out / f).exists():
+                raise ValueError(f"{out / f} is listed in {META_FILE} but missing")
+    # shards written after the last metadata update are incomplete work: drop them
+    listed = {f for s in meta["shards"] for f in (s["file"], s["rows_file"])}
+    for p in out.glob("*_*.safetensors"):
+        if p.name not in listed:
+            p.unlink()
+    return meta
+
+
+# ------------------------------------------------------------- reading back
+def load_extraction(out: str | Path, hooks: list[str] | None = None) -> tuple[dict, dict, dict]:
+    """Read an extraction folder: (metadata, {hook: np.ndarray (rows, d)}, {row field: array}).
+
+    Loads everything into memory; for large extractions iterate ``iter_shards``.
+    """
+    meta = read_metadata(Path(out))
+    acts: dict[str, list] = {}
+    rows: dict[str, list] = {}
+    for _, a, r in iter_shards(out, hooks):
+        for k, v in a.items():
+            acts.setdefault(k, []).append(v)
+        for k, v in r.items():
+            rows.setdefault(k, []).append(v)
+    cat = {k: np.concatenate(v) for k, v in acts.items()}
+    return meta, cat, {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def iter_shards(out: str | Path, hooks: list[str] | None = None):
+    """Yield (metadata, {hook: np.ndarray}, {row field: np.ndarray}) shard by shard."""
+    out = Path(out)
+    meta = read_metadata(out)
+    for s in meta["shards"]:
+        a = mx.load(str(out / s["file"]))
+        a = {h: np.asarray(a[h].astype(mx.float32)) for h in hooks or meta["hooks"]}
+        r = {k: np.asarray(v) for k, v in mx.load(str(out / s["rows_file"])).items()}
+        yield meta, a, r
+
+
+def read_metadata(out: Path) -> dict:
+    """The metadata.json of an extraction folder (a one-line error when there is none)."""
+    import json
+
+    path = Path(out) / META_FILE
+    if not path.exists():
+        raise ValueError(f"{out} holds no extraction ({META_FILE} is missing)")
+    return json.loads(path.read_text())

@@ -1,0 +1,147 @@
+"""``mlx-interp analyze``: every analysis on a few prompts, each figure with its numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import plots
+from .measures import (
+    MASSIVE_FACTOR,
+    _spread,
+    logit_lens,
+    position_embeddings,
+    position_norms,
+    same_token_positions,
+    semantic_similarity,
+    token_similarity,
+    top_neurons,
+)
+
+
+def run_all(
+    model,
+    prompts: Sequence[str],
+    out,
+    texts: Iterable[str] | None = None,
+    *,
+    model_name: str = "",
+    neuron_hook: str | None = None,
+    layers: Sequence[int] | None = None,
+    max_tokens: int = 2048,
+    context_length: int = 64,
+    token: str = " the",
+    log=print,
+) -> list:
+    """Every analysis, for ``mlx-interp analyze``: per prompt the norm heatmap, neuron
+    heatmap, token similarity and logit lens; once the word-group similarity, positional
+    effects (over ``texts``, default: the default corpus's held-out split) and, for GPT-2,
+    the position embeddings. Writes the figures, their numbers and ``index.md``; returns
+    the paths written.
+    """
+    from pathlib import Path
+
+    from ..io import ensure_writable_dir, write_text
+
+    out = ensure_writable_dir(out)
+    n = model.cfg.n_layers
+    layers = list(layers) if layers is not None else _spread(n)
+    neuron_hook = neuron_hook or f"blocks.{n // 2}.mlp.hook_post"
+    model.check_hook_name(neuron_hook)
+    name = model_name or str(model.source)
+    if texts is None:
+        from ..data import default_corpus
+
+        texts = default_corpus("heldout")
+    texts = list(texts) if not isinstance(texts, list) else texts
+    md = [f"# Activation analysis: {name}", "", f"{model}", ""]
+    written: list[Path] = []
+
+    def section(title: str, files: list[Path], text: str) -> None:
+        written.extend(files)
+        md.extend([f"## {title}", "", text, "", f"![{title}]({files[0].name})", ""])
+        md.append("Numbers: " + ", ".join(f"`{f.name}`" for f in files[1:]))
+        md.append("")
+
+    for i, prompt in enumerate(prompts):
+        log(f"[prompt {i + 1}/{len(prompts)}] {prompt!r}")
+        tag = f"p{i}"
+        md.extend([f"# Prompt {i}: {prompt!r}", ""])
+        png = plots.residual_norm_heatmap(model, prompt, out / f"{tag}_norms.png")
+        section(
+            "Residual norm, tokens x layers",
+            [png, png.with_suffix(".csv")],
+            "L2 norm of the residual stream after each block, log colour scale: massive "
+            "activations (position 0, separators) stand out against ordinary tokens.",
+        )
+        na = top_neurons(model, prompt, neuron_hook)
+        section(
+            f"Most active neurons at {neuron_hook}",
+            plots.neuron_heatmap(na, out / f"{tag}_neurons.png", name),
+            f"The {len(na.neurons)} neurons with the largest |activation| on the prompt "
+            "(ranked without position 0).",
+        )
+        ts = token_similarity(model, prompt, layers)
+        section(
+            "Token-by-token cosine similarity",
+            plots.similarity_grid(ts, out / f"{tag}_similarity.png", name),
+            "Cosine similarity between positions at several depths. Position 0 and "
+            f"massive-norm tokens (>{MASSIVE_FACTOR:g}x the median) are masked grey: they "
+            "share one direction and would otherwise dominate.",
+        )
+        ll = logit_lens(model, prompt)
+        section(
+            "Logit lens",
+            plots.logit_lens_plot(ll, out / f"{tag}_logit_lens.png", name),
+            "Each layer's residual stream through the final norm and the unembedding: the "
+            f"top next-token prediction and its probability. Final prediction at the last "
+            f"position: {ll.top_strs[-1][-1][0]!r} ({ll.top_probs[-1, -1, 0]:.2f}).",
+        )
+
+    md.extend(["# Across prompts", ""])
+    log("[semantic similarity] word groups in shared templates")
+    ss = semantic_similarity(model)
+    gap = ss.within_centered - ss.between_centered
+    best = int(np.argmax(gap))
+    section(
+        "Semantic similarity: related vs unrelated words",
+        plots.semantic_similarity_plot(ss, out / "semantic_similarity.png", name),
+        f"Groups {', '.join(dict.fromkeys(ss.groups))}; within-group minus between-group "
+        f"similarity (centered) is largest at {ss.labels[best]} ({gap[best]:.3f}); "
+        f"{ss.n_massive} word positions had massive norms.",
+    )
+    log(f"[positions] norms over {max_tokens} tokens")
+    pn = position_norms(model, texts, layers, context_length=context_length, max_tokens=max_tokens)
+    section(
+        "Positional effects: norm vs position",
+        plots.position_norm_plot(pn, out / "position_norms.png", name),
+        "Median residual norm at each position of packed windows (quartile band); the "
+        "boundary token at position 0 is starred.",
+    )
+    try:
+        stp = same_token_positions(
+            model, token, texts, layers, context_length=context_length, max_tokens=max_tokens
+        )
+    except ValueError as e:
+        log(f"  skipped the same-token analysis: {e}")
+    else:
+        section(
+            f"Positional effects: {stp.token!r} at different positions",
+            plots.same_token_plot(stp, out / "same_token_positions.png", name),
+            "Cosine similarity between occurrences of the same token against the distance "
+            f"between their positions ({stp.n_excluded} massive-norm rows left out).",
+        )
+    pe = position_embeddings(model)
+    if pe is not None:
+        section(
+            "Learned position embeddings (GPT-2)",
+            plots.position_embedding_plot(pe, out / "position_embeddings.png", name),
+            "Cosine similarity between the position embeddings and their top principal components.",
+        )
+    else:
+        md.extend(
+            ["## Position embeddings", "", "Rotary model: no learned position embeddings.", ""]
+        )
+    written.append(write_text(out / "index.md", "\n".join(md)))
+    return written
