@@ -19,6 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
+from ..features.stats import StatsConfig
+from ..options import add_options
+from .common import ReadOptions
+
 
 def add_commands(sub, add_model) -> None:
     sp = sub.add_parser(
@@ -29,7 +33,7 @@ def add_commands(sub, add_model) -> None:
     sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--tokens", type=int, default=100_000, help="tokens to analyse")
-    sp.add_argument("--top-k", type=int, default=32, help="top activations kept per feature")
+    add_options(sp, StatsConfig)
     sp.add_argument("--max-features", type=int, default=100, help="feature pages/cards to render")
     sp.add_argument("--feature", type=int, action="append", help="render this feature (repeat)")
     sp.add_argument(
@@ -38,9 +42,7 @@ def add_commands(sub, add_model) -> None:
         help="baseline hook for raw neurons (repeat; default: the SAE's hook and its layer's "
         "mlp.hook_post; 'none' for no baseline)",
     )
-    sp.add_argument("--context-length", type=int, default=128)
-    sp.add_argument("--model-batch-size", type=int, default=8)
-    sp.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="SAE math backend")
+    add_options(sp, ReadOptions)
     sp.add_argument("--ignore-model-name", action="store_true", help="skip the model-name check")
     sp.add_argument("--seed", type=int, default=0, help="which features get pages (sampled)")
     sp.set_defaults(func=cmd_features)
@@ -70,7 +72,6 @@ def run_features(
 
     from ..features.compare import write_comparison
     from ..features.dashboards import write_dashboards, write_features_csv
-    from ..features.stats import StatsConfig
     from ..features.store import (
         compute_feature_stats,
         load_sae,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..options import add_options, options_from_args
+from ..sae.training import TrainConfig
+from .common import ReadOptions
+
 
 def add_commands(sub, add_model) -> None:
     sp = sub.add_parser("train-sae", help="train sparse autoencoders on a model's activations")
@@ -17,31 +21,9 @@ def add_commands(sub, add_model) -> None:
     )
     src.add_argument("--activations", help="an `extract` folder to read activations from")
     sp.add_argument("--epochs", type=int, default=1, help="passes over --activations")
-    sp.add_argument("--arch", default="topk", choices=["standard", "topk", "batchtopk", "jumprelu"])
-    size = sp.add_mutually_exclusive_group()
-    size.add_argument("--d-sae", type=int, help="number of latents")
-    size.add_argument("--expansion", type=int, help="d_sae = expansion x d_in (default 16)")
-    sp.add_argument("--k", type=int, default=32, help="active latents (topk, batchtopk)")
-    sp.add_argument("--tokens", type=int, default=1_000_000, help="training tokens")
     sp.add_argument("--out", required=True, help="output folder (a checkpoint there resumes)")
-    sp.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
-    sp.add_argument("--lr", type=float, help="peak learning rate (default 2e-4/sqrt(d_sae/2^14))")
-    sp.add_argument("--lr-warmup-steps", type=int, default=100)
-    sp.add_argument("--lr-decay-frac", type=float, default=0.2)
-    sp.add_argument("--sparsity-coeff", type=float, help="L1 (standard, 5) or L0 (jumprelu, 1)")
-    sp.add_argument("--sparsity-warmup-frac", type=float, default=0.05)
-    sp.add_argument(
-        "--dead-tokens", type=int, default=1_000_000, help="dead after this many tokens unfired"
-    )
-    sp.add_argument("--no-normalize", action="store_true", help="train on raw activations")
-    sp.add_argument("--dense-decode", action="store_true", help="TopK: decode with a dense product")
-    sp.add_argument("--context-length", type=int, default=128)
-    sp.add_argument("--model-batch-size", type=int, default=8, help="context windows per forward")
-    sp.add_argument("--buffer-rows", type=int, default=65536, help="shuffle buffer size")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--log-every", type=int, default=50)
-    sp.add_argument("--checkpoint-every", type=int, default=200)
-    sp.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="SAE math backend")
+    add_options(sp, TrainConfig)
+    add_options(sp, ReadOptions)
     sp.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     sp.set_defaults(func=cmd_train_sae)
 
@@ -53,12 +35,10 @@ def add_commands(sub, add_model) -> None:
     sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
     sp.add_argument("--hook", help="hook point (default: the one in the SAE's cfg.json)")
     sp.add_argument("--tokens", type=int, default=32768, help="evaluation tokens")
-    sp.add_argument("--context-length", type=int, default=128)
-    sp.add_argument("--model-batch-size", type=int, default=8)
     sp.add_argument(
         "--out", help="folder for metrics.json and the density histogram (default: --sae)"
     )
-    sp.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="SAE math backend")
+    add_options(sp, ReadOptions)
     sp.set_defaults(func=cmd_eval_sae)
 
 
@@ -66,29 +46,10 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from ..io import ensure_writable_dir
     from ..model import load_model
     from ..sae.stream import extraction_source, model_source, texts_opener
-    from ..sae.training import TrainConfig, train_sae
+    from ..sae.training import train_sae
 
     ensure_writable_dir(args.out)
-    tc = TrainConfig(
-        architecture=args.arch,
-        d_sae=args.d_sae,
-        expansion=args.expansion,
-        k=args.k,
-        tokens=args.tokens,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_warmup_steps=args.lr_warmup_steps,
-        lr_decay_frac=args.lr_decay_frac,
-        sparsity_coeff=args.sparsity_coeff,
-        sparsity_warmup_frac=args.sparsity_warmup_frac,
-        dead_tokens=args.dead_tokens,
-        normalize_activations=not args.no_normalize,
-        sparse_decode=not args.dense_decode,
-        buffer_rows=args.buffer_rows,
-        seed=args.seed,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-    )
+    tc = options_from_args(TrainConfig, args)
     if args.activations:
         source = extraction_source(args.activations, args.hook, epochs=args.epochs)
         meta = {"dataset_path": str(args.activations)}

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import option
+
 # log10(a+) histogram bins: 8 per decade from 1e-3 to 1e4 (values outside go to the ends)
 HIST_EDGES = np.linspace(-3.0, 4.0, 57)
 
 
 @dataclass
 class StatsConfig:
-    top_k: int = 32  # top activations (with contexts) kept per unit
+    top_k: int = option(32, "top activations (with contexts) kept per feature")
     context_left: int = 12  # tokens of context before the maximum
     context_right: int = 4  # and after
     max_pairs: int = 8_000_000  # (token, unit) pairs kept in the token table

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SAEConfig
+from ..options import option
+from .config import ARCHITECTURES, SAEConfig
 from .data import ShuffleBuffer, check_finite, coeff_at, default_lr, lr_at
 from .files import write_folder_atomic
 
@@ -35,37 +36,39 @@ UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
 class TrainConfig:
     """Hyper-parameters of one training run (shared by every hook point of the run)."""
 
-    architecture: str = "topk"
-    d_sae: int | None = None
-    expansion: int | None = None  # d_sae = expansion * d_in when d_sae is not given
-    k: int | None = 32
-    tokens: int = 1_000_000
-    batch_size: int = 4096
-    lr: float | None = None  # None: default_lr(d_sae)
-    lr_warmup_steps: int = 100
-    lr_decay_frac: float = 0.2
+    architecture: str = option("topk", "SAE architecture", flag="--arch", choices=ARCHITECTURES)
+    d_sae: int | None = option(None, "number of latents", group="size")
+    # d_sae = expansion * d_in when d_sae is not given
+    expansion: int | None = option(None, "d_sae = expansion x d_in (default 16)", group="size")
+    k: int | None = option(32, "active latents (topk, batchtopk)")
+    tokens: int = option(1_000_000, "training tokens")
+    batch_size: int = option(4096, "tokens per step")
+    lr: float | None = option(None, "peak learning rate (default 2e-4/sqrt(d_sae/2^14))")
+    lr_warmup_steps: int = option(100, "steps of linear learning-rate warm-up")
+    lr_decay_frac: float = option(0.2, "fraction of the steps, at the end, of linear decay to 0")
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    sparsity_coeff: float | None = None  # L1 (standard, 5.0) or L0 (jumprelu, 1.0)
-    sparsity_warmup_frac: float = 0.05
+    sparsity_coeff: float | None = option(None, "L1 (standard, 5) or L0 (jumprelu, 1)")
+    sparsity_warmup_frac: float = option(0.05, "fraction of the steps of sparsity warm-up")
     aux_coeff: float = 1 / 32
     aux_k: int | None = None  # None: d_in // 2
-    dead_tokens: int = 1_000_000  # a latent is dead after this many tokens without firing
+    dead_tokens: int = option(1_000_000, "dead after this many tokens unfired")
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.01
     batchtopk_threshold_rate: float = 0.01
-    normalize_activations: bool = True  # scale inputs to mean norm sqrt(d_in)
+    # scale inputs to mean norm sqrt(d_in)
+    normalize_activations: bool = option(True, "train on raw activations", flag="--no-normalize")
     b_dec_init: str = "geometric_median"
     init_rows: int = 16384
-    buffer_rows: int = 65536
-    sparse_decode: bool = True
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
+    buffer_rows: int = option(65536, "shuffle buffer size")
+    sparse_decode: bool = option(True, "TopK: decode with a dense product", flag="--dense-decode")
+    seed: int = option(0, "random seed")
+    log_every: int = option(50, "steps between log lines")
+    checkpoint_every: int = option(200, "steps between checkpoints")
 
     def resolve(self, d_in: int) -> TrainConfig:
         """Fill the derived fields for an input width; checks every value."""
-        if self.architecture not in ("standard", "topk", "batchtopk", "jumprelu"):
+        if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}")
         d_sae = self.d_sae or (self.expansion or 16) * d_in
         out = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
