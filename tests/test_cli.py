@@ -65,22 +65,15 @@ def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, cap
     out = tmp_path / "demo"
     model = str(checkpoint_dir("gpt2"))
     args = ["demo", "--model", model, "--out", str(out), "--quick", "--skip", "bench"]
+
     # an interruption in the middle: the features stage fails once
-    real = pipeline._cli
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
 
-    def failing_cli(*a):
-        if a[0] == "features":
-
-            def boom():
-                raise KeyboardInterrupt
-
-            return boom
-        return real(*a)
-
-    monkeypatch.setattr(pipeline, "_cli", failing_cli)
+    monkeypatch.setattr(pipeline, "run_features", interrupted)
     assert main(args) == 130
     assert (out / ".done" / "sae").exists() and not (out / ".done" / "features").exists()
-    monkeypatch.setattr(pipeline, "_cli", real)
+    monkeypatch.undo()
     capsys.readouterr()
     assert main(args) == 0
     log = capsys.readouterr().out

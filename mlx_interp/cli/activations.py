@@ -188,39 +188,71 @@ def cmd_tokens(args) -> int:
     return 0
 
 
-def cmd_analyze(args) -> int:
+def read_prompts(path) -> list[str]:
+    """The non-empty lines of a prompts file, stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompts file {path} does not exist")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompt")
+    return prompts
+
+
+def run_analysis(
+    model,
+    out,
+    prompts: list[str] | None = None,
+    texts=None,
+    *,
+    model_name: str = "",
+    neuron_hook: str | None = None,
+    layers: list[int] | None = None,
+    max_prompts: int = 4,
+    max_tokens: int = 2048,
+    log=print,
+) -> list[Path]:
+    """The ``analyze`` command as a function: every analysis on the first ``max_prompts`` of
+    ``prompts`` (None: two built in), positional ones over ``texts`` (None: the default
+    corpus, held-out split), written into ``out`` with ``index.md``; returns the paths."""
     from ..analysis import run_all
     from ..data import PROMPTS as DEFAULT_PROMPTS
-    from ..data import read_documents
-    from ..io import ensure_writable_dir
-    from ..model import load_model
 
-    if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise ValueError(f"prompts file {path} does not exist")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise ValueError(f"prompts file {path} holds no prompt")
-    else:
-        prompts = DEFAULT_PROMPTS[:2]
-    prompts = prompts[: args.max_prompts]
-    texts = list(read_documents(args.data)) if args.data else None
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    ensure_writable_dir(args.out)
-    model = load_model(args.model, dtype=args.dtype)
+    prompts = list(prompts or DEFAULT_PROMPTS[:2])[:max_prompts]
     t0 = time.perf_counter()
     written = run_all(
         model,
         prompts,
+        out,
+        texts,
+        model_name=model_name,
+        neuron_hook=neuron_hook,
+        layers=layers,
+        max_tokens=max_tokens,
+    )
+    log(f"wrote {len(written)} files to {out} ({time.perf_counter() - t0:.0f} s); see index.md")
+    return written
+
+
+def cmd_analyze(args) -> int:
+    from ..data import read_documents
+    from ..io import ensure_writable_dir
+    from ..model import load_model
+
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    texts = list(read_documents(args.data)) if args.data else None
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    ensure_writable_dir(args.out)  # fail before loading anything
+    model = load_model(args.model, dtype=args.dtype)
+    run_analysis(
+        model,
         args.out,
+        prompts,
         texts,
         model_name=args.model,
         neuron_hook=args.neuron_hook,
         layers=layers,
+        max_prompts=args.max_prompts,
         max_tokens=args.max_tokens,
-    )
-    print(
-        f"wrote {len(written)} files to {args.out} ({time.perf_counter() - t0:.0f} s); see index.md"
     )
     return 0

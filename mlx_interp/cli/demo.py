@@ -5,10 +5,12 @@ complete, so that an interrupted demo, run again, goes on where it stopped (trai
 itself resumes from its checkpoint):
 
     basics     next-token predictions, parity MLX vs torch_ref, residual-norm heatmap
-    analysis   mlx-interp analyze on a few prompts
-    sae        mlx-interp train-sae: TopK, 16x expansion, k = 32, at a middle layer
-    sae_eval   mlx-interp eval-sae on held-out text
-    features   mlx-interp features: statistics, monosemanticity vs neurons, dashboards
+    analysis   what mlx-interp analyze does (run_analysis), on a few prompts
+    sae        train-sae (train_saes): TopK, 16x expansion, k = 32, at a middle layer
+    sae_eval   eval-sae (eval_sae) on held-out text
+    features   features (run_features): statistics, monosemanticity vs neurons, dashboards
+
+Each stage calls the Python function behind its command, with the model loaded once.
     bench      python -m benchmarks --quick (from a source checkout)
     report     report.md assembled from all of the above
 """
@@ -23,6 +25,10 @@ from pathlib import Path
 
 from ..data import ANALYSIS_PROMPTS, HEATMAP_TEXT, PROMPTS
 from ..io import ensure_writable_dir, write_json, write_text
+from ..sae.training import TrainConfig
+from .activations import read_prompts, run_analysis
+from .features import run_features
+from .sae import eval_sae, train_saes
 
 STAGES = ["basics", "analysis", "sae", "sae_eval", "features", "bench", "report"]
 
@@ -67,17 +73,6 @@ def basics(model, out: Path, top_k: int = 5, log=print) -> dict:
     residual_norm_heatmap(model, HEATMAP_TEXT, out / "residual_norms.png")
     write_json(out / "machine.json", machine_summary())
     return {"ok": report.ok, "summary": report.summary()}
-
-
-def _cli(*args: str) -> Callable[[], None]:
-    def run():
-        from .main import main
-
-        code = main([str(a) for a in args])
-        if code != 0:
-            raise RuntimeError(f"`mlx-interp {' '.join(map(str, args))}` exited with {code}")
-
-    return run
 
 
 def _bench(out: Path) -> Callable[[], None]:
@@ -126,19 +121,27 @@ def run_demo(
     prompts = out / "prompts.txt"
     write_text(prompts, "\n".join(ANALYSIS_PROMPTS) + "\n")
     sae_dir = out / "sae" / hook
+    tc = TrainConfig(
+        architecture="topk",
+        expansion=16,
+        k=32,
+        tokens=budget["sae_tokens"],
+        seed=seed,
+        # a short run: a higher rate and a short warm-up (measured: EV 0.81 from 940k tokens)
+        batch_size=2048,
+        lr=1e-3,
+        lr_warmup_steps=20,
+        dead_tokens=250_000,
+        log_every=10,
+    )
     stages: dict[str, Callable[[], object]] = {
         "basics": lambda: basics(model, out / "basics", log=log),
-        "analysis": _cli("analyze", "--model", model_name, "--prompts", prompts, "--out", out / "analysis",
-                         "--max-tokens", budget["analysis_tokens"]),
-        "sae": _cli("train-sae", "--model", model_name, "--hook", hook, "--arch", "topk", "--expansion", 16,
-                    "--k", 32, "--tokens", budget["sae_tokens"], "--seed", seed, "--out", out / "sae",
-                    # a short run: a higher rate and a short warm-up (measured: EV 0.81 from 940k tokens)
-                    "--batch-size", 2048, "--lr", 1e-3, "--lr-warmup-steps", 20, "--dead-tokens", 250_000,
-                    "--log-every", 10),
-        "sae_eval": _cli("eval-sae", "--sae", sae_dir, "--model", model_name, "--tokens", budget["eval_tokens"],
-                         "--out", out / "sae_eval"),
-        "features": _cli("features", "--sae", sae_dir, "--model", model_name, "--tokens", budget["feature_tokens"],
-                         "--max-features", 40, "--out", out / "features"),
+        "analysis": lambda: run_analysis(model, out / "analysis", read_prompts(prompts), model_name=model_name,
+                                         max_tokens=budget["analysis_tokens"], log=log),
+        "sae": lambda: train_saes(model, [hook], tc, out / "sae", model_name=model_name, log=log),
+        "sae_eval": lambda: eval_sae(model, sae_dir, out / "sae_eval", tokens=budget["eval_tokens"], log=log),
+        "features": lambda: run_features(model, sae_dir, out / "features", tokens=budget["feature_tokens"],
+                                         max_features=40, model_name=model_name, progress=True, log=log),
         "bench": _bench(out / "bench"),
     }  # fmt: skip
     for i, name in enumerate(STAGES[:-1], 1):

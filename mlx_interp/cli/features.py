@@ -66,8 +66,10 @@ def run_features(
     model_name: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    log=print,
 ) -> dict:
-    """The whole ``features`` command as a function; returns summary.json's content."""
+    """The whole ``features`` command as a function: writes ``out`` (see the module
+    docstring), logs a summary and returns summary.json's content."""
     import numpy as np
 
     from ..features.compare import write_comparison
@@ -130,6 +132,15 @@ def run_features(
         "rendered_features": rendered,
     }
     write_json(out / "summary.json", summary)
+    sm = summary["sae_summary"]
+    log(
+        f"{summary['tokens_counted']} tokens of {summary['data']} at {summary['hook']} "
+        f"({sum(summary['left_out'].values())} left out) in {t_pass:.0f} s; "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MiB"
+    )
+    log((out / "comparison.md").read_text())
+    log(f"SAE: dead {sm['dead_fraction']:.3f}, dense {sm['dense_fraction']:.4f}")
+    log(f"wrote {out}/index.html ({len(rendered)} feature pages), summary.json, comparison.md")
     return summary
 
 
@@ -149,7 +160,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     sae_cfg = load_sae(args.sae, args.backend).cfg
     name = sae_cfg.model_name if args.ignore_model_name else str(args.model)
-    s = run_features(
+    run_features(
         model,
         args.sae,
         Path(args.out),
@@ -167,13 +178,4 @@ def cmd_features(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=True,
     )
-    sm = s["sae_summary"]
-    print(
-        f"{s['tokens_counted']} tokens of {s['data']} at {s['hook']} "
-        f"({sum(s['left_out'].values())} left out) in {s['seconds_pass']:.0f} s; "
-        f"peak RSS {s['peak_rss_mb']:.0f} MiB"
-    )
-    print(Path(args.out, "comparison.md").read_text())
-    print(f"SAE: dead {sm['dead_fraction']:.3f}, dense {sm['dense_fraction']:.4f}")
-    print(f"wrote {args.out}/index.html ({len(s['rendered_features'])} feature pages), summary.json, comparison.md")  # fmt: skip
     return 0

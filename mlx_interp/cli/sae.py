@@ -42,68 +42,138 @@ def add_commands(sub, add_model) -> None:
     sp.set_defaults(func=cmd_eval_sae)
 
 
-def cmd_train_sae(args: argparse.Namespace) -> int:
+def train_saes(
+    model,
+    hooks: list[str],
+    tc: TrainConfig,
+    out,
+    *,
+    data: str | None = None,
+    activations=None,
+    epochs: int = 1,
+    context_length: int = 128,
+    batch_size: int = 8,
+    backend: str = "mlx",
+    model_name: str | None = None,
+    resume: bool = True,
+    log=print,
+) -> dict:
+    """The ``train-sae`` command as a function: one SAE per hook, trained on ``model``'s
+    activations over ``data`` (None: the default corpus, train split) or, with
+    ``activations``, on an ``extract`` folder (``model`` is then not used and may be None);
+    writes ``out/<hook>/`` and ``out/training.json``, logs one line per hook and returns the
+    training summary. ``batch_size`` is context windows per forward pass."""
     from ..io import ensure_writable_dir
-    from ..model import load_model
     from ..sae.stream import extraction_source, model_source, texts_opener
     from ..sae.training import train_sae
 
-    ensure_writable_dir(args.out)
-    tc = options_from_args(TrainConfig, args)
-    if args.activations:
-        source = extraction_source(args.activations, args.hook, epochs=args.epochs)
-        meta = {"dataset_path": str(args.activations)}
-        d_in = None
+    ensure_writable_dir(out)
+    if activations:
+        source = extraction_source(activations, hooks, epochs=epochs)
+        meta = {"dataset_path": str(activations)}
     else:
-        model = load_model(args.model, dtype=args.dtype)
-        for h in args.hook:
+        for h in hooks:
             model.check_hook_name(h)
-        stats: dict = {}
         source = model_source(
             model,
-            args.hook,
-            texts_opener(args.data),
-            batch_size=args.model_batch_size,
-            context_length=args.context_length,
-            stats=stats,
+            hooks,
+            texts_opener(data),
+            batch_size=batch_size,
+            context_length=context_length,
+            stats={},
         )
-        meta = {"dataset_path": args.data or "default corpus (train split)"}
-        meta["context_size"] = args.context_length
-        d_in = None
+        meta = {"dataset_path": data or "default corpus (train split)"}
+        meta["context_size"] = context_length
     summary = train_sae(
         source,
-        args.hook,
-        d_in,
+        hooks,
+        None,
         tc,
-        args.out,
-        backend=args.backend,
-        model_name=str(args.model),
-        resume=not args.no_resume,
+        out,
+        backend=backend,
+        model_name=model_name,
+        resume=resume,
         metadata=meta,
     )
     for h, info in summary["hooks"].items():
         f = info["final"]
-        print(
+        log(
             f"{h}: L0 {f['l0']:.1f}  explained variance {f['explained_variance']:.3f}  "
             f"dead {f['dead_fraction']:.3f}  -> {info['folder']}"
         )
     tps = summary["log"][-1]["tokens_per_s"] if summary["log"] else 0
-    print(
-        f"{summary['tokens']} tokens in {summary['steps']} steps ({tps:.0f} tokens/s, {args.backend})"
+    log(f"{summary['tokens']} tokens in {summary['steps']} steps ({tps:.0f} tokens/s, {backend})")
+    return summary
+
+
+def eval_sae(
+    model,
+    sae_folder,
+    out=None,
+    *,
+    data: str | None = None,
+    hook: str | None = None,
+    tokens: int = 32768,
+    context_length: int = 128,
+    batch_size: int = 8,
+    backend: str = "mlx",
+    log=print,
+) -> dict:
+    """The ``eval-sae`` command as a function: the SAE's metrics on ``data`` (None: the
+    default corpus, held-out split), written as ``metrics.json`` and the density histogram
+    into ``out`` (default: the SAE folder) and printed; returns the metrics."""
+    from pathlib import Path
+
+    from ..sae.eval import evaluate_sae, print_report, write_report
+
+    report, density = evaluate_sae(
+        sae_folder,
+        model,
+        data=data,
+        hook=hook,
+        tokens=tokens,
+        context_length=context_length,
+        batch_size=batch_size,
+        backend=backend,
+    )
+    print_report(report)
+    paths = write_report(Path(out or sae_folder), report, density)
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return report
+
+
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from ..io import ensure_writable_dir
+    from ..model import load_model
+
+    ensure_writable_dir(args.out)  # fail before loading anything
+    tc = options_from_args(TrainConfig, args)
+    model = None if args.activations else load_model(args.model, dtype=args.dtype)
+    train_saes(
+        model,
+        args.hook,
+        tc,
+        args.out,
+        data=args.data,
+        activations=args.activations,
+        epochs=args.epochs,
+        context_length=args.context_length,
+        batch_size=args.model_batch_size,
+        backend=args.backend,
+        model_name=str(args.model),
+        resume=not args.no_resume,
     )
     return 0
 
 
 def cmd_eval_sae(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..model import load_model
-    from ..sae.eval import evaluate_sae, print_report, write_report
 
     model = load_model(args.model, dtype=args.dtype)
-    report, density = evaluate_sae(
-        args.sae,
+    eval_sae(
         model,
+        args.sae,
+        args.out,
         data=args.data,
         hook=args.hook,
         tokens=args.tokens,
@@ -111,8 +181,4 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
         batch_size=args.model_batch_size,
         backend=args.backend,
     )
-    out = Path(args.out or args.sae)
-    print_report(report)
-    paths = write_report(out, report, density)
-    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
