@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from mlx_interp import load_model
+from mlx_interp.features.collect import compute_feature_stats, vocab_strings
 from mlx_interp.features.interventions import feature_ablation, steer_feature
 from mlx_interp.features.monosemanticity import token_classes, unit_metrics
 from mlx_interp.features.stats import StatsConfig
-from mlx_interp.features.store import compute_feature_stats, vocab_strings
 from mlx_interp.parity import TOLERANCES, relative_error
 from mlx_interp.sae import SAE, SAEConfig
 from mlx_interp.sae.sae import init_params

@@ -16,7 +16,7 @@ import torch
 
 from mlx_interp.parity import relative_error
 from mlx_interp.sae import SAE, SAEConfig
-from mlx_interp.sae.data import array_source
+from mlx_interp.sae.buffer import array_source
 from mlx_interp.sae.sae import init_params, loss_terms
 from mlx_interp.sae.training import TrainConfig, train_sae
 from torch_ref import sae as tsae

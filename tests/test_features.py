@@ -155,7 +155,7 @@ def test_features_for_token_and_text(run, setup):
     j = hits[0]["feature"]
     assert store.arrays["fires"][j] >= hits[0]["fire_rate_on_token"] * hits[0]["token_occurrences"] - 1e-9  # fmt: skip
     with pytest.raises(ValueError, match="not one token"):
-        store.features_for_token("zebra-not-a-token")
+        features_for_token(store, "zebra-not-a-token")
     per_tok = features_for_text(setup["model"], setup["sae"], "the quick brown fox", top=3, store=store)  # fmt: skip
     assert per_tok[1]["features"] and "top_tokens" in per_tok[1]["features"][0]
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import save_file
 
 from mlx_interp.sae import SAE, SAEConfig
-from mlx_interp.sae.data import ShuffleBuffer, array_source
+from mlx_interp.sae.buffer import ShuffleBuffer, array_source
 from mlx_interp.sae.sae import init_params, loss_terms
 from mlx_interp.sae.training import TrainConfig, train_sae
 from torch_ref.sae import SAE as TorchSAE

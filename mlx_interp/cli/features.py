@@ -72,15 +72,10 @@ def run_features(
     docstring), logs a summary and returns summary.json's content."""
     import numpy as np
 
+    from ..features.collect import compute_feature_stats, load_sae, logit_effects, vocab_strings
     from ..features.compare import write_comparison
     from ..features.dashboards import write_dashboards, write_features_csv
-    from ..features.store import (
-        compute_feature_stats,
-        load_sae,
-        logit_effects,
-        vocab_strings,
-        write_store,
-    )
+    from ..features.store import write_store
     from ..io import ensure_writable_dir, write_json
     from ..system import peak_rss_mb
 
@@ -156,7 +151,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         from ..data import read_documents
 
         texts, data_name = read_documents(args.data), str(args.data)
-    from ..features.store import load_sae
+    from ..features.collect import load_sae
 
     sae_cfg = load_sae(args.sae, args.backend).cfg
     name = sae_cfg.model_name if args.ignore_model_name else str(args.model)

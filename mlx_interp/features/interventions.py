@@ -26,7 +26,7 @@ from ..analysis.interventions import _check_hook, _from_np, _is_torch, _loss_and
 
 def sae_for_model(model, sae):
     """The SAE in the model's backend: a folder is loaded there; an object must match."""
-    from .store import load_sae
+    from .collect import load_sae
 
     backend = "torch" if _is_torch(model) else "mlx"
     sae = load_sae(sae, backend)

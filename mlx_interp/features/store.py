@@ -1,10 +1,4 @@
-"""The feature pass (model -> SAE -> statistics), the feature store on disk, and its queries.
-
-``compute_feature_stats`` streams the data once through the model up to the SAE's hook,
-encodes every batch with the SAE (MLX or torch_ref), and feeds the SAE's latents, and the
-raw neurons of the chosen baseline hooks, to ``UnitStats`` accumulators. The same rows are
-counted for all of them: position 0, special tokens and rows whose norm at the SAE's hook is
-over ``massive_factor`` x the batch median are left out (and counted).
+"""The feature store on disk: writing the statistics of one pass and reading them back.
 
 A store folder (``write_store`` / ``load_feature_store``) holds::
 
@@ -16,254 +10,22 @@ A store folder (``write_store`` / ``load_feature_store``) holds::
                         left-out counts and the summary of the metrics
     vocab.json          the decoded string of every token id
 
-so that a feature's dashboard, "which features fire on this token" and the comparison
-with neurons need no recomputation.
+so that a feature's dashboard, "which features fire on this token" (``queries``) and the
+comparison with neurons need no recomputation.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .monosemanticity import summarise, token_classes, unit_metrics
-from .stats import StatsConfig, UnitStats
+from .stats import UnitStats
 
 STORE_FORMAT = 1
 STATS_FILE, META_FILE, VOCAB_FILE = "stats.safetensors", "store.json", "vocab.json"
-
-
-# ------------------------------------------------------------------ the SAE and its checks
-def load_sae(sae, backend: str = "mlx"):
-    """An SAE object of the backend from a folder (or the object itself)."""
-    if not isinstance(sae, (str, Path)):
-        return sae
-    if backend == "mlx":
-        from ..sae import SAE
-    elif backend == "torch":
-        from torch_ref.sae import SAE
-    else:
-        raise ValueError(f"backend must be 'mlx' or 'torch', not {backend!r}")
-    folder = Path(sae)
-    if not (folder / "cfg.json").exists():
-        raise ValueError(f"{folder} is not an SAE folder (no cfg.json)")
-    return SAE.load(folder)
-
-
-def encoder(sae):
-    """NumPy (rows, d_in) float32 -> NumPy (rows, d_sae) latents, in the SAE's backend."""
-    if type(sae).__module__.startswith("torch_ref"):
-        import torch
-
-        def run(x):
-            return sae.encode(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-
-        return run
-    import mlx.core as mx
-
-    def run(x):
-        return np.asarray(sae.encode(mx.array(x)))
-
-    return run
-
-
-def check_sae_for_model(sae_cfg, model, hook: str | None = None, model_name: str | None = None):
-    """The hook to read; one-line errors for an SAE of another hook, width or model."""
-    hook = hook or sae_cfg.hook_name
-    if hook is None:
-        raise ValueError("the SAE's cfg.json names no hook point; give --hook")
-    model.check_hook_name(hook)
-    if sae_cfg.hook_name and hook != sae_cfg.hook_name:
-        raise ValueError(
-            f"the SAE was trained on {sae_cfg.hook_name}, not {hook}; "
-            "drop --hook or give the SAE of that hook"
-        )
-    name = str(model_name if model_name is not None else model.source)
-    if sae_cfg.model_name and name and sae_cfg.model_name != name:
-        raise ValueError(
-            f"the SAE was trained on model {sae_cfg.model_name!r}, not {name!r}; "
-            "load that model (or pass --ignore-model-name if it is the same model under another name)"
-        )
-    return hook
-
-
-def hook_width(model, hook: str) -> int:
-    from ..activations.store import _hook_shape
-
-    return int(np.prod(_hook_shape(model, hook)))
-
-
-def default_neuron_hooks(hook: str, model) -> list[str]:
-    """The baselines: the SAE's own hook (its basis) and the MLP neurons of the same layer."""
-    from ..model import layer_of
-
-    out = [hook]
-    L = layer_of(hook)
-    if L is not None and f"blocks.{L}.mlp.hook_post" in model.hook_names:
-        out.append(f"blocks.{L}.mlp.hook_post")
-    return out
-
-
-def vocab_strings(tokenizer, size: int) -> list[str]:
-    n = len(tokenizer)
-    return [tokenizer.decode([i]) if i < n else "" for i in range(size)]
-
-
-# ------------------------------------------------------------------ logit effects
-def logit_effects(model, directions: np.ndarray, top: int = 10, chunk: int = 256):
-    """Tokens each direction most promotes and suppresses through the final norm and the
-    unembedding: effect = unembed(d) - unembed(0) (ranks as the direct path d -> logits).
-
-    Returns (pos_ids, pos_vals, neg_ids, neg_vals), each (n, top), sorted by effect.
-    """
-    import mlx.core as mx
-
-    n = len(directions)
-    out = [np.zeros((n, top), np.int32), np.zeros((n, top), np.float32)] * 2
-    out = [a.copy() for a in out]
-    base = model.unembed(mx.zeros((1, directions.shape[1]), model.dtype)).astype(mx.float32)
-    for s in range(0, n, chunk):
-        d = mx.array(np.asarray(directions[s : s + chunk], np.float32)).astype(model.dtype)
-        eff = np.asarray(model.unembed(d).astype(mx.float32) - base)
-        for j, sign in ((0, 1), (2, -1)):
-            idx = np.argpartition(-sign * eff, top - 1, axis=1)[:, :top]
-            v = np.take_along_axis(eff, idx, 1)
-            o = np.argsort(-sign * v, axis=1)
-            out[j][s : s + chunk] = np.take_along_axis(idx, o, 1)
-            out[j + 1][s : s + chunk] = np.take_along_axis(v, o, 1)
-    return tuple(out)
-
-
-# ------------------------------------------------------------------ the pass
-def compute_feature_stats(
-    model,
-    sae,
-    texts: Iterable[str] | None = None,
-    *,
-    tokens: int = 100_000,
-    neuron_hooks: list[str] | None = None,
-    backend: str = "mlx",
-    hook: str | None = None,
-    batch_size: int = 8,
-    context_length: int = 128,
-    stats_config: StatsConfig | None = None,
-    massive_factor: float = 10.0,
-    model_name: str | None = None,
-    progress: bool = False,
-) -> dict:
-    """One pass over ``texts`` (None: the default corpus, held-out split).
-
-    Returns {"sae": UnitStats, "neurons": {hook: UnitStats}, "info": {...}}. neuron_hooks:
-    baselines counted on the same rows (None: ``default_neuron_hooks``; [] for none).
-    """
-    from ..activations import boundary_token, iter_activations
-    from ..sae.data import massive_row_mask
-
-    sae = load_sae(sae, backend)
-    hook = check_sae_for_model(sae.cfg, model, hook, model_name)
-    width = hook_width(model, hook)
-    if width != sae.cfg.d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook} has width {width}")
-    if neuron_hooks is None:
-        neuron_hooks = default_neuron_hooks(hook, model)
-    for h in neuron_hooks:
-        model.check_hook_name(h)
-    if tokens < 1:
-        raise ValueError(f"tokens must be positive, got {tokens}")
-    data_name = "given texts"
-    if texts is None:
-        from ..data import default_corpus
-
-        texts, data_name = default_corpus("heldout"), "default corpus (held-out split)"
-    tok = model._require_tokenizer()
-    V = max(len(tok), model.cfg.d_vocab)
-    cfg = stats_config or StatsConfig()
-    enc = encoder(sae)
-    hooks = list(dict.fromkeys([hook, *neuron_hooks]))
-    acc = UnitStats(sae.cfg.d_sae, V, cfg)
-    neurons: dict[str, UnitStats] = {}
-    special = np.array(sorted(set(tok.all_special_ids) | {boundary_token(tok)}), np.int64)
-    left_out = {"position_0": 0, "special_token": 0, "massive": 0}
-    t0 = time.perf_counter()
-    n_batches = 0
-    for batch in iter_activations(
-        model,
-        hooks,
-        texts,
-        batch_size=batch_size,
-        context_length=context_length,
-        max_tokens=tokens,
-        progress=progress,
-    ):
-        import mlx.core as mx
-
-        n_win, C = batch.windows.shape
-        grid = (batch.window_ids - batch.first_window) * C + batch.positions
-        real = np.zeros(n_win * C, bool)
-        real[grid] = True
-        tok_grid = batch.windows.reshape(-1).astype(np.int64)
-        pos0 = real & (np.arange(n_win * C) % C == 0)
-        spec = real & ~pos0 & np.isin(tok_grid, special)
-        keep = real & ~pos0 & ~spec
-        x = np.asarray(batch.acts[hook].astype(mx.float32))
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"activations at {hook} contain NaN or inf")
-        ordinary = keep[grid]
-        massive = np.zeros(len(grid), bool)
-        if ordinary.any():
-            massive[ordinary] = massive_row_mask(x[ordinary], massive_factor)
-        keep[grid[massive]] = False
-        left_out["position_0"] += int(pos0.sum())
-        left_out["special_token"] += int(spec.sum())
-        left_out["massive"] += int(massive.sum())
-        docs = np.full(n_win * C, -1, np.int64)
-        docs[grid] = batch.doc_ids
-
-        args = (tok_grid.reshape(n_win, C), keep, real, docs.reshape(n_win, C), batch.first_window)
-        acc.update(_to_grid(enc(x), grid, n_win, C), *args)
-        for h in neuron_hooks:
-            xa = x if h == hook else np.asarray(batch.acts[h].astype(mx.float32))
-            if h not in neurons:
-                neurons[h] = UnitStats(xa.shape[1], V, cfg)
-            neurons[h].update(_to_grid(xa, grid, n_win, C), *args)
-        n_batches += 1
-    if acc.n_tokens == 0:
-        raise ValueError(
-            "no tokens to analyse: the data is empty (or holds only special tokens)"
-            if n_batches == 0
-            else "every token was left out (position 0, special or massive rows)"
-        )
-    info = {
-        "hook": hook,
-        "model": str(model_name or model.source),
-        "sae_architecture": sae.cfg.architecture,
-        "d_in": sae.cfg.d_in,
-        "d_sae": sae.cfg.d_sae,
-        "k": sae.cfg.k,
-        "backend": backend,
-        "data": data_name,
-        "tokens_requested": tokens,
-        "tokens_counted": acc.n_tokens,
-        "left_out": left_out,
-        "massive_factor": massive_factor,
-        "context_length": context_length,
-        "batch_size": batch_size,
-        "top_k": cfg.top_k,
-        "context_left": cfg.context_left,
-        "context_right": cfg.context_right,
-        "seconds": time.perf_counter() - t0,
-    }
-    return {"sae": acc, "neurons": neurons, "info": info, "sae_obj": sae}
-
-
-def _to_grid(rows: np.ndarray, grid: np.ndarray, n_win: int, C: int) -> np.ndarray:
-    """Rows (n_rows, d) laid out on the batch's (n_win, C) grid of positions (zeros at padding)."""
-    g = np.zeros((n_win * C, rows.shape[1]), np.float32)
-    g[grid] = rows
-    return g.reshape(n_win, C, -1)
 
 
 # ------------------------------------------------------------------ writing and reading
@@ -382,44 +144,6 @@ class FeatureStore:
         o = np.argsort(-c, kind="stable")[:n]
         return [(self.token_str(int(ids[i])), int(c[i])) for i in o]
 
-    def token_id(self, token) -> int:
-        if isinstance(token, (int, np.integer)):
-            if not 0 <= int(token) < len(self.vocab):
-                raise ValueError(f"token id {token} is outside the vocabulary [0, {len(self.vocab)})")  # fmt: skip
-            return int(token)
-        matches = [i for i, s in enumerate(self.vocab) if s == token]
-        if not matches:
-            close = [repr(s) for s in self.vocab if s.strip().lower() == token.strip().lower()][:5]
-            hint = f"; tokens like it: {', '.join(close)}" if close else ""
-            raise ValueError(f"{token!r} is not one token of the vocabulary{hint}")
-        counts = self.arrays["token_count"]
-        return max(matches, key=lambda i: counts[i])
-
-    def features_for_token(self, token, top: int = 20, min_count: int = 1) -> list[dict]:
-        """Features that fire on a token (id or string), by mean activation on it."""
-        t = self.token_id(token)
-        U = self.n_units
-        a = self.arrays
-        n_t = int(a["token_count"][t])
-        if n_t == 0:
-            return []
-        lo, hi = np.searchsorted(a["pair_keys"], [t * U, (t + 1) * U])
-        units = a["pair_keys"][lo:hi] - t * U
-        sums, counts = a["pair_sums"][lo:hi], a["pair_counts"][lo:hi]
-        ok = counts >= min_count
-        units, sums, counts = units[ok], sums[ok], counts[ok]
-        o = np.argsort(-sums, kind="stable")[:top]
-        return [
-            {
-                "feature": int(units[i]),
-                "mean_act_on_token": float(sums[i] / n_t),
-                "fire_rate_on_token": float(counts[i] / n_t),
-                "share_of_feature_firings": float(counts[i] / max(a["fires"][units[i]], 1)),
-                "token_occurrences": n_t,
-            }
-            for i in o
-        ]
-
 
 def load_feature_store(folder, which: str = "sae") -> FeatureStore:
     """Open a store: a store folder, or a ``features`` output folder (``which``: 'sae' or a
@@ -431,31 +155,3 @@ def load_feature_store(folder, which: str = "sae") -> FeatureStore:
     if (sub / META_FILE).exists():
         return FeatureStore(sub)
     raise ValueError(f"{folder} holds no feature store ({META_FILE} or store/ missing)")
-
-
-def features_for_token(store: FeatureStore, token, top: int = 20) -> list[dict]:
-    return store.features_for_token(token, top)
-
-
-def features_for_text(model, sae, text: str, top: int = 5, store: FeatureStore | None = None) -> list[dict]:  # fmt: skip
-    """Per token of ``text``: its top active features (index, activation[, top tokens])."""
-    import mlx.core as mx
-
-    sae = load_sae(sae)
-    hook = check_sae_for_model(sae.cfg, model, None, sae.cfg.model_name or str(model.source))
-    if not text:
-        raise ValueError("empty text")
-    tokens = model.to_tokens(text)
-    _, cache = model.run_with_cache(tokens, names_filter=[hook])
-    x = np.asarray(cache[hook][0].astype(mx.float32))
-    f = encoder(sae)(x)
-    ids = np.asarray(tokens[0]).tolist()
-    out = []
-    for p, t in enumerate(ids):
-        o = np.argsort(-f[p], kind="stable")[:top]
-        feats = [{"feature": int(i), "act": float(f[p, i])} for i in o if f[p, i] > 0]
-        if store is not None:
-            for d in feats:
-                d["top_tokens"] = store.top_tokens(d["feature"])
-        out.append({"position": p, "token": model.tokenizer.decode([t]), "features": feats, "left_out": p == 0})  # fmt: skip
-    return out

@@ -63,8 +63,8 @@ def evaluate_sae(
     """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density)."""
     import mlx.core as mx
 
+    from ..activations.rows import massive_row_mask
     from ..activations.windows import NORMAL, iter_windows
-    from .data import massive_row_mask
     from .stream import texts_opener
 
     sae, run = _load(sae_folder, backend)

@@ -2,7 +2,7 @@
 
 Both wrap the activation pipeline of ``mlx_interp.activations`` (context windows of the
 data, one forward pass per batch up to the last hook, massive rows left out) and present it
-as a resumable source for the shuffle buffer (``mlx_interp.sae.data``): the cursor counts
+as a resumable source for the shuffle buffer (``mlx_interp.sae.buffer``): the cursor counts
 context windows (streaming) or shards (extraction) already consumed.
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import check_finite, massive_row_mask
+from ..activations.rows import massive_row_mask
+from .buffer import check_finite
 
 
 def texts_opener(data: str | None) -> Callable[[], Iterable[str]]:

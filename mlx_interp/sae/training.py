@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ..options import option
+from .buffer import ShuffleBuffer, check_finite
 from .config import ARCHITECTURES, SAEConfig
-from .data import ShuffleBuffer, check_finite, coeff_at, default_lr, lr_at
 from .files import write_folder_atomic
+from .schedules import coeff_at, default_lr, lr_at
 
 UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
 

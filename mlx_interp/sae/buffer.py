@@ -1,4 +1,4 @@
-"""Activations for SAE training: sources, the shuffle buffer, schedules (NumPy only).
+"""Activations for SAE training: sources and the shuffle buffer (NumPy only).
 
 This is bookkeeping, not SAE math, so both trainers (MLX and torch_ref) use it: the same
 seed gives both the same batches, which is what lets their loss curves be compared.
@@ -17,28 +17,12 @@ of the block were given out), so a checkpoint can hold it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 Chunk = dict[str, np.ndarray]
 Source = Callable[[int], Iterator[tuple[int, Chunk]]]
-
-
-# --- rows to leave out -----------------------------------------------------------------------
-
-
-def massive_row_mask(rows: np.ndarray, factor: float = 10.0) -> np.ndarray:
-    """True for rows whose norm exceeds ``factor`` times the median row norm of the chunk.
-
-    SmolLM2's residual stream has a few positions (the first token, separators) with norms
-    of 10,000 or more against a few hundred for ordinary tokens; left in, they dominate
-    every mean-squared quantity. Such rows are excluded from training and from the metrics
-    (and counted apart).
-    """
-    norms = np.linalg.norm(rows.astype(np.float64), axis=-1)
-    return norms > factor * np.median(norms)
 
 
 def check_finite(chunk: Chunk) -> None:
@@ -131,26 +115,3 @@ class ShuffleBuffer:
             self.emitted = 0
             if self.exhausted:
                 return
-
-
-# --- schedules --------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, decay_frac: float) -> float:
-    """Linear warm-up over ``warmup_steps``, constant, then linear decay to zero over the
-    last ``decay_frac`` of the steps (Anthropic's April 2024 recipe)."""
-    f = min(1.0, (step + 1) / max(warmup_steps, 1))
-    decay_steps = int(decay_frac * total_steps)
-    if decay_steps > 0 and step >= total_steps - decay_steps:
-        f = min(f, (total_steps - step) / decay_steps)
-    return lr * f
-
-
-def coeff_at(step: int, coeff: float, warmup_steps: int) -> float:
-    """The sparsity coefficient, ramped linearly from 0 over ``warmup_steps``."""
-    return coeff * min(1.0, (step + 1) / max(warmup_steps, 1))
-
-
-def default_lr(d_sae: int) -> float:
-    """2e-4 scaled by 1/sqrt(d_sae / 2^14) (Gao et al. 2024's fit), capped at 1e-3."""
-    return min(1e-3, 2e-4 / math.sqrt(d_sae / 2**14))
