@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks import bench_forward
-from benchmarks.common import run_isolated
+from benchmarks.common import fmt_ratio, note, ratio, run_isolated
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -146,18 +146,17 @@ def markdown(result: dict) -> str:
                 None,
             )
             if t:
-                ratio_rows.append(
-                    f"| {r['model']} | {r['mode']} | {r['tokens_per_s'] / t['tokens_per_s']:.2f}x |"
-                )
+                ratio_rows.append(f"| {r['model']} | {r['mode']} | {fmt_ratio(ratio(r, t))} |")
     if ratio_rows:
-        out += ["MLX float32 / PyTorch float32 (CPU) extraction throughput, same run:", "",
+        out += ["MLX float32 / PyTorch float32 (CPU) extraction throughput, same run (a ratio is "
+                "unreliable when either figure is):", "",
                 "| model | mode | MLX / PyTorch |", "| --- | --- | --- |", *ratio_rows, ""]  # fmt: skip
     sae = result["sae"]
     out += [
         f"## SAE training (TopK, d_in {sae['d_in']}, k {sae['k']}, batch {sae['batch']} tokens)",
         "",
-        "| what | backend | decode | d_sae | median ms (min-max) | tokens/s | GFLOP/s | % of peak |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| what | backend | decode | d_sae | median ms (min-max) | tokens/s | GFLOP/s | % of peak | load, reliability |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sae["rows"]:
         # Dense work only: a training step is 10 d_in d_sae FLOPs per token (encoder forward
@@ -170,7 +169,7 @@ def markdown(result: dict) -> str:
             extra = f"{gf:.1f} | {100 * gf / peak:.0f}%"
         out.append(
             f"| {r['kind']} | {r['backend']} | {r['decode']} | {r['d_sae']} | {1e3 * r['median_s']:.0f} "
-            f"({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | {r['tokens_per_s']:.0f} | {extra} |"
+            f"({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | {r['tokens_per_s']:.0f} | {extra} | {note(r)} |"
         )
     plots = result["plots"]
     out += ["", f"## Plotting ({plots['model']}, {plots['n_tokens']}-token prompt)", "",
@@ -181,10 +180,10 @@ def markdown(result: dict) -> str:
         )
     sc = result["scaling"]
     out += ["", f"## Scaling: extraction of {sc['hook']} ({sc['model']}) as tokens grow", "",
-            "| tokens | seconds | tokens/s | peak RSS MiB |", "| --- | --- | --- | --- |"]  # fmt: skip
+            "| tokens | seconds | tokens/s | peak RSS MiB | load, reliability |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in sc["rows"]:
         out.append(
-            f"| {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} | {note(r)} |"
         )
     first, last = sc["rows"][0], sc["rows"][-1]
     out += ["", f"From {first['tokens']} to {last['tokens']} tokens ({last['tokens'] / first['tokens']:.0f}x): "

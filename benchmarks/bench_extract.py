@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import peak_rss_mb, run_isolated
+from benchmarks.common import LoadMeter, judge, peak_rss_mb, run_isolated
 
 SHARD_MB = 16.0
 
@@ -41,18 +41,20 @@ def task(model_name: str, layer: int, n_tokens: int, out: str, batch: int, ctx: 
 
     model = load_model(model_name)
     texts = default_corpus("train")
-    t0 = time.perf_counter()
-    meta = extract(
-        model,
-        [f"blocks.{layer}.hook_resid_post"],
-        out,
-        texts,
-        batch_size=batch,
-        context_length=ctx,
-        max_tokens=n_tokens,
-        shard_mb=SHARD_MB,
-    )
-    dt = time.perf_counter() - t0
+    with LoadMeter() as meter:
+        meta = extract(
+            model,
+            [f"blocks.{layer}.hook_resid_post"],
+            out,
+            texts,
+            batch_size=batch,
+            context_length=ctx,
+            max_tokens=n_tokens,
+            shard_mb=SHARD_MB,
+        )
+    dt = meter.wall_s
+    load = meter.as_dict()
+    why = judge(0.0, load["other_cores"], load["load_avg"])
     return {
         "tokens": meta["tokens_done"],
         "rows": meta["n_rows"],
@@ -61,6 +63,10 @@ def task(model_name: str, layer: int, n_tokens: int, out: str, batch: int, ctx: 
         "tokens_per_s": meta["tokens_done"] / dt,
         "peak_rss_mb": peak_rss_mb(),
         "blas": blas_info(),
+        "cpu_s": meter.cpu_s,
+        **load,
+        "unreliable": why,
+        "reliable": not why,
     }
 
 

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from benchmarks.common import peak_rss_mb, run_isolated, time_it
+from benchmarks.common import note, peak_rss_mb, run_isolated, time_it
 
 
 def task(model_name: str, backend: str, dtype: str, batch: int, seq: int, repeats: int) -> dict:
@@ -94,7 +94,10 @@ def run_all(models: list[str], quick: bool) -> list[dict]:
 def format_table(rows: list[dict], peak_gflops: float | None = None) -> str:
     head = "| model | backend | device | dtype | mode | median ms (min-max) | tokens/s | GFLOP/s"
     head += " | % of peak |" if peak_gflops else " |"
-    lines = [head + " speed-up | peak RSS MiB |", "|" + " --- |" * (11 if peak_gflops else 10)]
+    lines = [
+        head + " speed-up | peak RSS MiB | load, reliability |",
+        "|" + " --- |" * (12 if peak_gflops else 11),
+    ]
     for r in rows:
         speedup = ""
         if "speedup_vs_full" in r:
@@ -103,7 +106,7 @@ def format_table(rows: list[dict], peak_gflops: float | None = None) -> str:
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['device']} | {r['dtype']} | {r['mode']} | "
             f"{1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | "
-            f"{r['tokens_per_s']:.0f} | {r['gflops_per_s']:.1f} |{pct} {speedup} | {r['peak_rss_mb']:.0f} |"
+            f"{r['tokens_per_s']:.0f} | {r['gflops_per_s']:.1f} |{pct} {speedup} | {r['peak_rss_mb']:.0f} | {note(r)} |"
         )
     return "\n".join(lines)
 
