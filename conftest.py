@@ -10,6 +10,7 @@ far from uniform, which is what makes a wrong mask or a missing rotary embedding
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,42 @@ CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
         20.0,
     ),
 }
+
+# A Llama-3 whose every width is a multiple of 64 (mlx-lm quantizes every layer of it),
+# for the quantization tests; write it with hub_style so that mlx-lm reads its rope.
+LLAMA3_QUANT = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 256,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+}
+
+
+def hub_style(folder):
+    """Rewrite transformers 5's rope_parameters as rope_theta + rope_scaling (hub layout).
+
+    mlx-lm 0.32 reads only the older keys (it silently ignores rope_parameters), as do
+    the checkpoints on the Hugging Face hub."""
+    path = folder / "config.json"
+    c = json.loads(path.read_text())
+    rope = c.pop("rope_parameters", None)
+    if rope:
+        c["rope_theta"] = rope.pop("rope_theta")
+        if rope.get("rope_type", "default") != "default":
+            c["rope_scaling"] = rope
+    path.write_text(json.dumps(c, indent=2))
+    return folder
+
 
 _SAMPLE_TEXT = [
     "The quick brown fox jumps over the lazy dog.",

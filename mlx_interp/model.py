@@ -19,7 +19,7 @@ from .hooks import (
     select_names,
     unknown_name_error,
 )
-from .models import architecture_for
+from .models import architecture_for, llama, quantized
 from .sources import ModelSourceError, resolve_model_dir, weight_files
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -59,6 +59,8 @@ class HookedModel:
         self.tokenizer = tokenizer
         self.source = source
         self.folder = folder
+        # {bits, group_size, mode, n_quantized_layers} for a quantized model, else None.
+        self.quantization: dict | None = quantized.summary(model)
         name_hook_points(model)
         self.hook_names: list[str] = self._trace_hook_names()
 
@@ -281,10 +283,11 @@ class HookedModel:
         return name
 
     def __repr__(self) -> str:
-        c = self.cfg
+        c, q = self.cfg, self.quantization
+        quant = f", {q['bits']}-bit (group {q['group_size']})" if q else ""
         return (
             f"HookedModel({self.source!r}: {c.architecture}, {c.n_layers} layers, d_model={c.d_model}, "
-            f"{c.n_heads} heads ({c.n_kv_heads} kv), d_vocab={c.d_vocab}, {self.dtype})"
+            f"{c.n_heads} heads ({c.n_kv_heads} kv), d_vocab={c.d_vocab}, {self.dtype}{quant})"
         )
 
 
@@ -311,28 +314,107 @@ def read_weights(folder: Path) -> dict[str, mx.array]:
     return weights
 
 
-def load_model(source: str | Path = "smollm2-135m", dtype: str = "float32") -> HookedModel:
+def load_model(
+    source: str | Path = "smollm2-135m",
+    dtype: str = "float32",
+    quantize: int | None = None,
+    group_size: int = 64,
+) -> HookedModel:
     """Load a model: the embedded 'smollm2-135m', a local HF folder, an HF repo id, or a .gguf.
 
-    dtype: 'float32', 'float16' or 'bfloat16'.
+    dtype: the activations' dtype, 'float32', 'float16' or 'bfloat16' (and that of every
+    float weight; a quantized layer's scales and biases keep their stored dtype).
+    A folder quantized by mlx-lm (or ``mlx-interp convert --quantize``) loads quantized, as
+    its config.json says. ``quantize=4`` (or 2, 3, 5, 6, 8) quantizes a float checkpoint
+    while loading, one layer at a time, so the float model never exists in memory at once;
+    ``group_size`` (32, 64 or 128) as in mlx-lm. Llama-family models only.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     folder = resolve_model_dir(source)
     config = json.loads((folder / "config.json").read_text())
     arch = architecture_for(config.get("model_type", "?"))
+    stored = quantized.stored_quantization(config)
+    if quantize is not None:
+        quantized.check_params(quantize, group_size)
+        if stored is not None:
+            raise quantized.QuantizationError(
+                f"{folder} is already quantized ({stored['bits']}-bit, group size "
+                f"{stored['group_size']}); load it without quantize / --quantize"
+            )
+    if (quantize is not None or stored is not None) and arch.__name__ != llama.__name__:
+        raise quantized.QuantizationError(
+            f"quantization supports Llama-family models only; {source} is "
+            f"{config.get('model_type')!r}: load it without quantize / --quantize"
+        )
     args = arch.ModelArgs.from_hf_config(config)
     model = arch.Model(args)
     weights = arch.Model.sanitize(read_weights(folder), args)
+    if stored is not None:
+        overrides = {
+            llama.rename_hf(k): v for k, v in stored.items() if isinstance(v, (dict, bool))
+        }
+        predicate = quantized.stored_predicate(stored, overrides, weights, str(folder))
+        quantized.quantize(model, stored["group_size"], stored["bits"], predicate)
+    elif quantize is not None:
+        quantized.quantize(
+            model, group_size, quantize, quantized.on_load_predicate(group_size, quantize)
+        )
+        weights = _quantize_weights(model, weights, DTYPES[dtype])
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise ModelSourceError(
             f"weights in {folder} do not fit its config.json: {str(e).splitlines()[0]}"
         ) from None
-    model.set_dtype(DTYPES[dtype])
+    del weights
+    _cast_float_params(model, DTYPES[dtype])
     mx.eval(model.parameters())
     return HookedModel(model, _load_tokenizer(folder), str(source), folder)
+
+
+def _quantize_weights(
+    model: nn.Module, weights: dict[str, mx.array], dtype: mx.Dtype
+) -> dict[str, mx.array]:
+    """Float weights -> the quantized model's parameters, one tensor evaluated at a time.
+
+    Each float tensor (read lazily from its file) is cast, quantized and evaluated, and its
+    float copy dropped before the next one is read: the peak is one float tensor on top of
+    the quantized model.
+    """
+    paths = quantized.quantized_paths(model)
+    out: dict[str, mx.array] = {}
+    for name in list(weights):
+        w = weights.pop(name)
+        path, leaf = name.rsplit(".", 1)
+        if path in paths and leaf == "weight":
+            p = paths[path]
+            if w.ndim != 2:
+                raise ModelSourceError(f"{name} has shape {tuple(w.shape)}; expected a matrix")
+            q, s, b = mx.quantize(w.astype(dtype), p["group_size"], p["bits"], mode=p["mode"])
+            mx.eval(q, s, b)
+            out[name], out[f"{path}.scales"], out[f"{path}.biases"] = q, s, b
+        else:
+            out[name] = w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w
+            mx.eval(out[name])
+        del w
+    return out
+
+
+def _cast_float_params(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Cast every float parameter to dtype, except quantized layers' scales and biases."""
+    from mlx.utils import tree_flatten
+
+    params = tree_flatten(model.parameters())
+    cast = [
+        (k, v.astype(dtype))
+        for k, v in params
+        if mx.issubdtype(v.dtype, mx.floating)
+        and v.dtype != dtype
+        and not quantized.is_quantization_param(k)
+    ]
+    if cast:
+        model.load_weights(cast, strict=False)
 
 
 def _load_tokenizer(folder: Path):

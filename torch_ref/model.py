@@ -286,8 +286,14 @@ def load_model(
             raise ValueError("float64 is not supported on 'mps'; use device='cpu' for float64")
 
     folder = _resolve(source)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    config = json.loads((folder / "config.json").read_text())
+    cfg = config_from_hf(config)
     hf_weights = read_weights(folder)
+    quant = config.get("quantization") or config.get("quantization_config")
+    if quant:  # an mlx-lm quantized folder: dequantized here, in float32
+        from torch_ref.quant import dequantize_checkpoint
+
+        hf_weights = dequantize_checkpoint(hf_weights, quant)
     if "lm_head.weight" not in hf_weights:
         cfg.tie_embeddings = True  # no separate unembedding stored: it is the embedding
     model_cls, rename = ARCHITECTURES[cfg.architecture]

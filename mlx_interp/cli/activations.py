@@ -120,7 +120,9 @@ def cmd_extract(args) -> int:
     existed = out.exists()
     ensure_writable_dir(out)  # fail before loading anything
     try:
-        model = load_model(args.model, dtype=args.dtype)
+        model = load_model(
+            args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+        )
         t0 = time.perf_counter()
         meta = extract(
             model,
@@ -164,7 +166,9 @@ def cmd_tokens(args) -> int:
         from ..io import ensure_writable_dir
 
         ensure_writable_dir(args.out)
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     ta = token_activations(
         model,
         _positions(args.token),
@@ -243,7 +247,9 @@ def cmd_analyze(args) -> int:
     texts = list(read_documents(args.data)) if args.data else None
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     ensure_writable_dir(args.out)  # fail before loading anything
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     run_analysis(
         model,
         args.out,

@@ -142,7 +142,9 @@ def run_features(
 def cmd_features(args: argparse.Namespace) -> int:
     from ..model import load_model
 
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     neurons = args.neurons
     if neurons is not None and [n.lower() for n in neurons] == ["none"]:
         neurons = []

@@ -16,7 +16,9 @@ def cmd_info(args) -> int:
     from ..model import load_model
     from ..system import blas_info, mlx_device, package_versions
 
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     c = model.cfg
     n_params = sum(v.size for _, v in tree_flatten(model.model.parameters()))
     print(f"model        {args.model}  ({model.folder})")
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="'smollm2-135m' (embedded), an HF folder or repo id, or a .gguf file",
         )
         sp.add_argument("--dtype", default="float32", choices=dtypes)
+        sp.add_argument("--quantize", type=int, metavar="BITS",
+                        help="quantize a float Llama-family model while loading (4 or 8; "
+                        "2, 3, 5, 6 too); a folder quantized by mlx-lm loads quantized anyway")  # fmt: skip
+        sp.add_argument("--group-size", type=int, default=64, help="quantization group size (32, 64, 128)")  # fmt: skip
 
     sp = sub.add_parser("info", help="architecture, sizes, hook names, MLX device and BLAS")
     add_model(sp)
@@ -130,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-pdf", action="store_true", help="no PDF even when pandoc is installed")
     sp.set_defaults(func=cmd_report)
 
+    # The model-conversion command registers here (convert).
+    from .convert import add_commands as add_convert_commands
+
+    add_convert_commands(sub)
     # Commands of the activation-analysis work register here (extract, tokens, analyze).
     from .activations import add_commands as add_activation_commands
 

@@ -148,7 +148,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(args.out)  # fail before loading anything
     tc = options_from_args(TrainConfig, args)
-    model = None if args.activations else load_model(args.model, dtype=args.dtype)
+    model = (
+        None
+        if args.activations
+        else load_model(
+            args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+        )
+    )
     train_saes(
         model,
         args.hook,
@@ -169,7 +175,9 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 def cmd_eval_sae(args: argparse.Namespace) -> int:
     from ..model import load_model
 
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     eval_sae(
         model,
         args.sae,

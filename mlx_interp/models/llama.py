@@ -219,22 +219,30 @@ class Model(nn.Module):
 
     @staticmethod
     def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-        """Hugging Face LlamaForCausalLM names -> this module's names."""
-        renames = [
-            ("model.embed_tokens.", "embed."),
-            ("model.layers.", "blocks."),
-            ("model.norm.", "ln_final."),
-            (".self_attn.", ".attn."),
-            (".input_layernorm.", ".ln1."),
-            (".post_attention_layernorm.", ".ln2."),
-        ]
+        """Hugging Face LlamaForCausalLM names (also mlx-lm's) -> this module's names."""
         out = {}
         for name, w in weights.items():
             if "rotary_emb" in name:
                 continue
-            if name == "lm_head.weight" and args.tie_word_embeddings:
+            if name.startswith("lm_head.") and args.tie_word_embeddings:
                 continue
-            for old, new in renames:
-                name = name.replace(old, new)
-            out[name] = w
+            out[rename_hf(name)] = w
         return out
+
+
+_RENAMES = [
+    ("model.embed_tokens", "embed"),
+    ("model.layers.", "blocks."),
+    ("model.norm", "ln_final"),
+    (".self_attn.", ".attn."),
+    (".input_layernorm", ".ln1"),
+    (".post_attention_layernorm", ".ln2"),
+]
+
+
+def rename_hf(name: str) -> str:
+    """A Hugging Face / mlx-lm parameter or module path -> this module's path
+    ('model.layers.3.self_attn.q_proj' -> 'blocks.3.attn.q_proj')."""
+    for old, new in _RENAMES:
+        name = name.replace(old, new)
+    return name

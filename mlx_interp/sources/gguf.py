@@ -223,10 +223,17 @@ def _dequantize(t) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
 
 
-def _save_shards(weights: Iterable[tuple[str, np.ndarray]], out: Path, max_bytes: int) -> None:
+def save_shards(
+    weights: Iterable[tuple[str, np.ndarray]], out: Path, max_bytes: int, save=None
+) -> None:
     """Write (name, array) pairs as safetensors shards of at most max_bytes (one array may
-    exceed it), holding one shard in memory at a time: an 8B model is 32 GB in float32."""
-    from safetensors.numpy import save_file
+    exceed it), holding one shard in memory at a time: an 8B model is 32 GB in float32.
+    ``save(shard, path)`` writes one shard (default: NumPy arrays with safetensors)."""
+    if save is None:
+        from safetensors.numpy import save_file
+
+        def save(shard, path):
+            save_file(shard, path, metadata={"format": "pt"})
 
     files: list[Path] = []
     weight_map: dict[str, int] = {}
@@ -235,7 +242,7 @@ def _save_shards(weights: Iterable[tuple[str, np.ndarray]], out: Path, max_bytes
 
     def flush() -> None:
         files.append(out / f"part-{len(files) + 1:05d}.safetensors")
-        save_file(shard, str(files[-1]), metadata={"format": "pt"})
+        save(shard, str(files[-1]))
         weight_map.update(dict.fromkeys(shard, len(files) - 1))
         shard.clear()
 
@@ -350,7 +357,7 @@ def convert_gguf(
                     arr = _unpermute(arr, kw["num_key_value_heads"])
                 yield _hf_name(name), arr
 
-        _save_shards(weights(), tmp, _shard_bytes)
+        save_shards(weights(), tmp, _shard_bytes)
         _write_config(kw, tmp)
         _write_tokenizer(gguf_path, reader, tmp)
         marker = {
