@@ -15,6 +15,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .. import distributed
+from ..distributed import World
 from ..io import atomic_path, ensure_writable_dir, write_json
 from .stream import ActivationBatch, _position_mode, check_hooks, iter_activations, stop_layer_for
 
@@ -60,6 +62,7 @@ def extract(
     pack: bool = True,
     shard_mb: float = 256.0,
     progress: bool = False,
+    world: World | None = None,
     _stop_after_shards: int | None = None,
 ) -> dict:
     """Write activations to ``out`` as safetensors shards; resume an interrupted run.
@@ -74,6 +77,13 @@ def extract(
 
     data_id names the data for the resume check (the CLI passes the file path, size and
     mtime; None with texts=None means the default corpus). Returns the final metadata.
+
+    Several processes (``mlx.launch -n N -- mlx-interp extract ...``; ``world`` defaults to
+    ``mlx_interp.distributed.world()``): rank r runs the batches whose index is r mod N and
+    writes its own ``shard_rR_*``/``rows_rR_*`` files and progress file
+    ``metadata.rankR.json``, and resumes from it on its own; when every rank is done, rank 0
+    writes ``metadata.json`` listing all shards, with ``world_size``. Read back in window
+    order (``load_extraction``), the rows are bit-identical to a one-process run.
     """
     out = Path(out)
     tok = model._require_tokenizer()
@@ -86,10 +96,22 @@ def extract(
     settings = _settings(
         model, hooks, data_id, context_length, max_tokens, positions, exclude_massive, pack
     )
+    world = world or distributed.world()
+    ranked = world.size > 1
+    if ranked:
+        settings["world_size"] = world.size
+        settings["batch_size"] = batch_size  # which rank runs which batch depends on it
+        world.check_same("extract", settings)
+    prefix = f"r{world.rank}_" if ranked else ""
+    progress_file = f"metadata.rank{world.rank}.json" if ranked else META_FILE
     created = not out.exists()
     ensure_writable_dir(out)
-    meta = _resume_state(out, settings)
-    if meta.get("complete"):
+    if ranked and (out / META_FILE).exists():
+        merged = _resume_state(out, settings, META_FILE, "r")
+        if merged.get("complete"):
+            return merged
+    meta = _resume_state(out, settings, progress_file, prefix)
+    if meta.get("complete") and not ranked:
         return meta
     dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks}
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[settings["dtype"]]
@@ -109,12 +131,12 @@ def extract(
                 key: mx.array(np.concatenate([b.rows_table()[key] for b in buf]))
                 for key in ("token_ids", "positions", "doc_ids", "window_ids")
             }
-            _save(out / f"rows_{k:05d}.safetensors", rows)
-            _save(out / f"shard_{k:05d}.safetensors", acts)
+            _save(out / f"rows_{prefix}{k:05d}.safetensors", rows)
+            _save(out / f"shard_{prefix}{k:05d}.safetensors", acts)
             meta["shards"].append(
                 {
-                    "file": f"shard_{k:05d}.safetensors",
-                    "rows_file": f"rows_{k:05d}.safetensors",
+                    "file": f"shard_{prefix}{k:05d}.safetensors",
+                    "rows_file": f"rows_{prefix}{k:05d}.safetensors",
                     "n_rows": n_buf,
                     "windows": [meta["windows_done"], windows_done],
                 }
@@ -123,24 +145,29 @@ def extract(
         meta["windows_done"] = windows_done
         meta["tokens_done"] = tokens_done
         meta["n_excluded"] = dict(excluded)
-        write_json(out / META_FILE, meta)
+        write_json(out / progress_file, meta)
         buf, n_buf = [], 0
         n_written_now += 1
 
     windows_done, tokens_done = meta["windows_done"], meta["tokens_done"]
     try:
-        for batch in iter_activations(
-            model,
-            hooks,
-            texts,
-            batch_size=batch_size,
-            context_length=context_length,
-            max_tokens=max_tokens,
-            positions=positions,
-            exclude_massive=exclude_massive,
-            pack=pack,
-            start_window=meta["windows_done"],
-            progress=progress,
+        for batch in (
+            ()
+            if meta.get("complete")
+            else iter_activations(
+                model,
+                hooks,
+                texts,
+                batch_size=batch_size,
+                context_length=context_length,
+                max_tokens=max_tokens,
+                positions=positions,
+                exclude_massive=exclude_massive,
+                pack=pack,
+                start_window=meta["windows_done"],
+                progress=progress and world.is_main,
+                shard=(world.rank, world.size),
+            )
         ):
             buf.append(batch)
             n_buf += batch.n_rows
@@ -153,14 +180,49 @@ def extract(
                 if _stop_after_shards is not None and n_written_now >= _stop_after_shards:
                     raise SimulatedInterruption(f"stopped after {n_written_now} shards")
     except ValueError:
-        if not meta["shards"]:  # nothing of value written: leave nothing behind
+        if not meta["shards"] and not ranked:  # nothing of value written: leave nothing behind
             (out / META_FILE).unlink(missing_ok=True)
             if created and not any(out.iterdir()):
                 shutil.rmtree(out, ignore_errors=True)
         raise
-    # windows skipped without a forward pass at the end (positions=TOKEN) are done too
-    flush(windows_done, tokens_done)
-    meta["complete"] = True
+    if not meta.get("complete"):
+        # windows skipped without a forward pass at the end (positions=TOKEN) are done too
+        flush(windows_done, tokens_done)
+        meta["complete"] = True
+        write_json(out / progress_file, meta)
+    if not ranked:
+        return meta
+    world.barrier("extract: waiting for every rank to finish its shards")
+    if world.is_main:
+        _merge_ranks(out, settings, world.size)
+    world.barrier("extract: waiting for rank 0 to write metadata.json")
+    return read_metadata(out)
+
+
+def _merge_ranks(out: Path, settings: dict, size: int) -> dict:
+    """Rank 0: one metadata.json over every rank's finished progress file."""
+    import json
+
+    parts = [json.loads((out / f"metadata.rank{r}.json").read_text()) for r in range(size)]
+    unfinished = [r for r, m in enumerate(parts) if not m.get("complete")]
+    if unfinished:
+        raise ValueError(f"{out}: ranks {unfinished} did not finish; rerun the same command")
+    excluded: dict[str, int] = {}
+    for m in parts:
+        for k, v in m["n_excluded"].items():
+            excluded[k] = excluded.get(k, 0) + v
+    shards = [dict(s, rank=r) for r, m in enumerate(parts) for s in m["shards"]]
+    meta = {
+        **settings,
+        "shards": sorted(shards, key=lambda s: (s["windows"][0], s["rank"])),
+        "n_rows": sum(m["n_rows"] for m in parts),
+        "windows_done": max(m["windows_done"] for m in parts),
+        "tokens_done": sum(m["tokens_done"] for m in parts),
+        "n_excluded": excluded,
+        "complete": True,
+    }
+    if settings["positions"] not in ("all", "last") and meta["n_rows"] == 0:
+        raise ValueError(f"token {settings['positions']!r} never occurs in the data")
     write_json(out / META_FILE, meta)
     return meta
 
@@ -179,13 +241,17 @@ def _save(path: Path, arrays: dict[str, mx.array]) -> None:
         mx.save_safetensors(str(tmp), arrays)
 
 
-def _resume_state(out: Path, settings: dict) -> dict:
+def _resume_state(out: Path, settings: dict, meta_file: str = META_FILE, prefix: str = "") -> dict:
+    """The progress in ``meta_file`` (fresh if none); drops this writer's unlisted files.
+
+    prefix: the shard-name prefix this writer owns (``rR_`` for rank R of several).
+    """
     import json
 
-    path = out / META_FILE
+    path = out / meta_file
     if not path.exists():
-        if any(p.name.startswith("shard_") for p in out.iterdir()):
-            raise ValueError(f"{out} holds shards but no {META_FILE}; choose an empty --out folder")
+        if any(p.name.startswith(f"shard_{prefix}") for p in out.iterdir()):
+            raise ValueError(f"{out} holds shards but no {meta_file}; choose an empty --out folder")
         return {
             **settings,
             "shards": [],
@@ -212,9 +278,10 @@ def _resume_state(out: Path, settings: dict) -> dict:
                 raise ValueError(f"{out / f} is listed in {META_FILE} but missing")
     # shards written after the last metadata update are incomplete work: drop them
     listed = {f for s in meta["shards"] for f in (s["file"], s["rows_file"])}
-    for p in out.glob("*_*.safetensors"):
-        if p.name not in listed:
-            p.unlink()
+    for kind in ("shard", "rows"):
+        for p in out.glob(f"{kind}_{prefix}*.safetensors"):
+            if p.name not in listed:
+                p.unlink()
     return meta
 
 
@@ -222,7 +289,8 @@ def _resume_state(out: Path, settings: dict) -> dict:
 def load_extraction(out: str | Path, hooks: list[str] | None = None) -> tuple[dict, dict, dict]:
     """Read an extraction folder: (metadata, {hook: np.ndarray (rows, d)}, {row field: array}).
 
-    Loads everything into memory; for large extractions iterate ``iter_shards``.
+    Loads everything into memory; for large extractions iterate ``iter_shards``. Rows come
+    in window order (as a one-process run wrote them), also from several ranks' shards.
     """
     meta = read_metadata(Path(out))
     acts: dict[str, list] = {}
@@ -233,7 +301,12 @@ def load_extraction(out: str | Path, hooks: list[str] | None = None) -> tuple[di
         for k, v in r.items():
             rows.setdefault(k, []).append(v)
     cat = {k: np.concatenate(v) for k, v in acts.items()}
-    return meta, cat, {k: np.concatenate(v) for k, v in rows.items()}
+    table = {k: np.concatenate(v) for k, v in rows.items()}
+    if meta.get("world_size", 1) > 1 and table:
+        order = np.argsort(table["window_ids"], kind="stable")
+        cat = {k: v[order] for k, v in cat.items()}
+        table = {k: v[order] for k, v in table.items()}
+    return meta, cat, table
 
 
 def iter_shards(out: str | Path, hooks: list[str] | None = None):

@@ -108,6 +108,7 @@ def iter_activations(
     seed: int | None = None,
     start_window: int = 0,
     progress: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ActivationBatch]:
     """Yield the activations at ``hooks`` over ``texts``, one ActivationBatch per batch of windows.
 
@@ -126,11 +127,20 @@ def iter_activations(
     seed: if set, the rows of each batch come in a random order (fixed by seed and batch).
     start_window: skip this many windows first (no forward pass); resuming uses it.
     progress: show a progress bar in tokens/s.
+    shard: (rank, world_size): run only the batches whose index (first window //
+        batch_size) is ``rank`` modulo ``world_size``; every batch is the very batch a
+        one-process run computes, so the rows are bit-identical (also the massive-row rule,
+        which looks at the batch median).
 
     Only the blocks up to the last requested hook run (stop_at_layer).
     """
     tok = model._require_tokenizer()
     hooks = check_hooks(model, hooks)
+    rank, n_shards = shard
+    if not 0 <= rank < n_shards:
+        raise ValueError(
+            f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}"
+        )
     if context_length > model.cfg.n_ctx:
         raise ValueError(
             f"context_length {context_length} exceeds the model's n_ctx {model.cfg.n_ctx}"
@@ -156,6 +166,8 @@ def iter_activations(
             end = win.first_window + n_win
             if max_windows is not None and win.first_window >= max_windows:
                 break
+            if (win.first_window // batch_size) % n_shards != rank:
+                continue  # another rank's batch
             if max_windows is not None and end > max_windows:
                 keep = max_windows - win.first_window
                 win = Windows(
@@ -190,7 +202,7 @@ def iter_activations(
     finally:
         if bar is not None:
             bar.close()
-    if mode == "token" and n_yielded == 0 and start_window == 0:
+    if mode == "token" and n_yielded == 0 and start_window == 0 and n_shards == 1:
         raise ValueError(_never_occurs(tok, target, seen))
 
 

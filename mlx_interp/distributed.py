@@ -1,0 +1,132 @@
+"""Several processes on ``mx.distributed``: who am I, do we agree, wait for the others.
+
+Started by ``mlx.launch -n N -- python ...`` (or ``-- mlx-interp ...``), every process gets
+the same group; started alone, the group has one member and everything here is a no-op.
+We use MLX's own launcher and collectives (ring over TCP or Thunderbolt, MPI, JACCL), never
+a scheduler or socket protocol of our own.
+
+A rank that dies makes the collectives of the others fail or hang; ``mlx.launch`` stops the
+whole job when one process exits with an error, and ``barrier`` gives up after a bounded time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+
+__all__ = ["World", "DistributedError", "world"]
+
+BARRIER_TIMEOUT_S = float(os.environ.get("MLX_INTERP_BARRIER_TIMEOUT", "600"))
+
+
+class DistributedError(ValueError):
+    """Ranks that disagree, or a rank that did not answer in time. One line, says what to do."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` in ``0..size-1``; ``group`` is MLX's."""
+
+    rank: int
+    size: int
+    group: object = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def check_same(self, what: str, settings: dict) -> None:
+        """Refuse to go on unless every rank was started with the same ``settings``.
+
+        Compares a hash of the JSON of ``settings`` across ranks (all_gather of 8 bytes), so
+        that two ranks started with different flags stop at once instead of writing a mix.
+        """
+        if self.size == 1:
+            return
+        import mlx.core as mx
+        import numpy as np
+
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+        mine = np.frombuffer(digest.digest()[:8], dtype=np.int32).copy()  # 2 x int32
+        every = np.asarray(self._run(lambda: mx.distributed.all_gather(mx.array(mine))))
+        every = every.reshape(self.size, 2)
+        differ = [r for r in range(self.size) if not np.array_equal(every[r], every[0])]
+        if differ:
+            raise DistributedError(
+                f"{what}: ranks {differ} were started with other settings than rank 0; "
+                "start every rank with the same command"
+            )
+
+    def all_sum(self, x):
+        """Sum of ``x`` (an mx.array) over the ranks; ``x`` itself when alone."""
+        if self.size == 1:
+            return x
+        import mlx.core as mx
+
+        return self._run(lambda: mx.distributed.all_sum(x, group=self.group))
+
+    def barrier(self, what: str) -> None:
+        """Wait until every rank got here (bounded by ``BARRIER_TIMEOUT_S``)."""
+        if self.size == 1:
+            return
+        import mlx.core as mx
+
+        self._run(lambda: mx.distributed.all_sum(mx.array([1.0]), group=self.group), what)
+
+    def _run(self, fn, what: str = "a collective operation"):
+        """Evaluate ``fn()`` with a time limit: a dead rank must not hang the others for ever."""
+        import mlx.core as mx
+
+        result: dict = {}
+
+        def target():
+            try:
+                out = fn()
+                mx.eval(out)
+                result["out"] = out
+            except Exception as e:  # noqa: BLE001 - reported below, in one line
+                result["error"] = e
+
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        t.join(BARRIER_TIMEOUT_S)
+        if t.is_alive():
+            raise DistributedError(
+                f"rank {self.rank}: no answer from the other ranks after {BARRIER_TIMEOUT_S:.0f} s "
+                f"({what}); a rank has probably died: see its output, then rerun the same "
+                "command (each rank resumes)"
+            )
+        if "error" in result:
+            e = result["error"]
+            raise DistributedError(
+                f"rank {self.rank}: {what} failed ({type(e).__name__}: {e}); a rank has "
+                "probably died: rerun the same command (each rank resumes)"
+            ) from None
+        return result["out"]
+
+
+_WORLD: World | None = None
+
+
+def world() -> World:
+    """This process's World (initialised once; one member when not started by mlx.launch)."""
+    global _WORLD
+    if _WORLD is None:
+        if not _launched():
+            _WORLD = World(0, 1)
+        else:
+            import mlx.core as mx
+
+            g = mx.distributed.init()
+            _WORLD = World(g.rank(), g.size(), g)
+    return _WORLD
+
+
+def _launched() -> bool:
+    # mlx.launch sets these for the ring, MPI and JACCL backends; without them init() would
+    # give a group of one anyway, but checking first keeps a plain run from loading anything.
+    keys = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MLX_HOSTFILE", "MLX_JACCL_COORDINATOR")
+    return any(k in os.environ for k in keys)

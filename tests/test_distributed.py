@@ -1,0 +1,137 @@
+"""Several ranks on mx.distributed (2 local ring processes on 127.0.0.1, as MLX's own CI).
+
+Each test runs a small script under ``mlx.launch -n 2 --backend ring`` and compares with a
+one-process run of the same call: the rows must be bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_interp import load_model
+from mlx_interp.activations import extract, load_extraction
+from mlx_interp.distributed import World
+
+try:  # what the mlx.launch script runs; called through this interpreter
+    from mlx._distributed_utils import launch as _launch_module  # noqa: F401
+
+    HAVE_LAUNCH = True
+except ImportError:
+    HAVE_LAUNCH = False
+pytestmark = pytest.mark.skipif(not HAVE_LAUNCH, reason="this mlx has no mlx.launch")
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "def add(a, b):\n    return a + b\n" * 2,
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Sparse autoencoders turn activations into features that people can read. " * 2,
+] * 4
+
+
+def launch(
+    script: str, tmp_path: Path, n: int = 2, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(script))
+    launcher = [
+        sys.executable,
+        "-c",
+        "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run(
+        [*launcher, "-n", str(n), "--backend", "ring", "--", sys.executable, str(path)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path,
+    )  # fmt: skip
+
+
+EXTRACT = """
+import json, sys
+import mlx_interp
+from mlx_interp import load_model
+from mlx_interp.activations import extract
+texts = json.loads(open({texts!r}).read())
+model = load_model({model!r})
+extract(model, {hooks!r}, {out!r}, texts, data_id="t", batch_size=2, context_length=16,
+        shard_mb=0.002, exclude_massive=True{extra})
+"""
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-untied"])
+def test_two_ranks_extract_bit_identical(checkpoint_dir, tmp_path, name):
+    ckpt = str(checkpoint_dir(name))
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    texts = tmp_path / "texts.json"
+    texts.write_text(__import__("json").dumps(TEXTS))
+    one = extract(load_model(ckpt), hooks, tmp_path / "one", TEXTS, data_id="t", batch_size=2,
+                  context_length=16, shard_mb=0.002, exclude_massive=True)  # fmt: skip
+    out = tmp_path / "two"
+    r = launch(
+        EXTRACT.format(texts=str(texts), model=ckpt, hooks=hooks, out=str(out), extra=""), tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta2, acts2, rows2 = load_extraction(out)
+    _, acts1, rows1 = load_extraction(tmp_path / "one")
+    assert meta2["world_size"] == 2 and meta2["complete"]
+    assert {s["rank"] for s in meta2["shards"]} == {0, 1}
+    assert meta2["n_rows"] == one["n_rows"] and meta2["n_excluded"] == one["n_excluded"]
+    assert meta2["tokens_done"] == one["tokens_done"]
+    for k in rows1:
+        np.testing.assert_array_equal(rows2[k], rows1[k])
+    for h in hooks:
+        np.testing.assert_array_equal(acts2[h], acts1[h])  # bit-identical
+
+
+def test_two_ranks_resume_after_kill(checkpoint_dir, tmp_path):
+    """Rank 1 dies after one shard; the rerun resumes each rank and gives the same rows."""
+    ckpt = str(checkpoint_dir("llama-mha-tied"))
+    hooks = ["blocks.1.hook_resid_post"]
+    texts = tmp_path / "texts.json"
+    texts.write_text(__import__("json").dumps(TEXTS))
+    out = tmp_path / "two"
+    kill = (", _stop_after_shards=(1 if __import__('mlx_interp').distributed.world().rank == 1 "
+            "else None)")  # fmt: skip
+    r = launch(
+        EXTRACT.format(texts=str(texts), model=ckpt, hooks=hooks, out=str(out), extra=kill),
+        tmp_path,
+    )
+    # mlx.launch stops every rank when one fails (its own exit status is 0 all the same)
+    assert "rank 1 exited with code 1" in r.stderr
+    assert not (out / "metadata.json").exists()
+    assert (out / "metadata.rank1.json").exists()
+    r = launch(
+        EXTRACT.format(texts=str(texts), model=ckpt, hooks=hooks, out=str(out), extra=""), tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    extract(load_model(ckpt), hooks, tmp_path / "one", TEXTS, data_id="t", batch_size=2,
+            context_length=16, shard_mb=0.002, exclude_massive=True)  # fmt: skip
+    _, a1, r1 = load_extraction(tmp_path / "one")
+    _, a2, r2 = load_extraction(out)
+    np.testing.assert_array_equal(r2["window_ids"], r1["window_ids"])
+    np.testing.assert_array_equal(a2[hooks[0]], a1[hooks[0]])
+
+
+def test_ranks_with_other_settings_are_refused(checkpoint_dir, tmp_path):
+    ckpt = str(checkpoint_dir("llama-mha-tied"))
+    texts = tmp_path / "texts.json"
+    texts.write_text(__import__("json").dumps(TEXTS))
+    script = EXTRACT.format(texts=str(texts), model=ckpt, hooks=["blocks.0.hook_resid_post"],
+                            out=str(tmp_path / "x"), extra="").replace(
+        "context_length=16", "context_length=16 if __import__('mlx_interp').distributed.world().rank == 0 else 32")  # fmt: skip
+    r = launch(script, tmp_path)
+    assert "other settings than rank 0" in r.stderr + r.stdout
+    assert not (tmp_path / "x" / "metadata.json").exists()
+
+
+def test_world_of_one_is_a_no_op():
+    w = World(0, 1)
+    w.check_same("x", {"a": 1})
+    w.barrier("x")
+    assert w.is_main and w.all_sum(3) == 3
