@@ -195,3 +195,21 @@ def test_extract_token_that_never_occurs_leaves_nothing(gpt2, tmp_path):
     with pytest.raises(ValueError, match="never occurs"):
         extract(gpt2, HOOKS, tmp_path / "y", ["a b c"], positions=" fox", data_id="abc")
     assert not (tmp_path / "y").exists()
+
+
+def test_row_filter_is_the_one_rule():
+    from mlx_interp.activations.rows import COUNTERS, RowFilter, over_median
+
+    rule = RowFilter(factor=10.0, special_ids=(7,))
+    token_ids = np.array([7, 1, 7, 2, 3, 4, 5])
+    positions = np.array([0, 1, 2, 3, 4, 5, 6])
+    norms = np.array([[500.0, 1, 1, 1, 1, 30, 1], [1, 1, 1, 1, 12, 1, 1]])  # two hooks
+    sel = rule(token_ids, positions, norms)
+    assert tuple(sel.counts) == COUNTERS
+    assert sel.counts == {"position_0": 1, "special_token": 1, "norm_outlier": 2}
+    assert sel.keep.tolist() == [False, True, False, True, False, False, True]
+    assert sel.outlier.tolist() == [False] * 4 + [True, True, False]
+    # nothing left out when the rule is off; the norm test alone, elementwise
+    off = RowFilter(position_0=False, special_tokens=False, factor=None)(token_ids, positions, norms)
+    assert off.keep.all() and sum(off.counts.values()) == 0
+    assert over_median(np.array([1.0, 1, 11]), 10.0).tolist() == [False, False, True]

@@ -40,7 +40,7 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
     for key in ("l0", "explained_variance", "normalized_mse", "cosine_similarity", "dead_fraction",
                 "dense_fraction", "ce_loss_recovered", "kl_div", "density_window_tokens"):  # fmt: skip
         assert key in m
-    assert m["l0"] <= 4 and m["kl_div"] >= 0 and m["rows_left_out"]["special_or_position_0"] > 0
+    assert m["l0"] <= 4 and m["kl_div"] >= 0 and m["rows_left_out"]["position_0"] > 0
     assert (tmp_path / "ev" / "feature_density.png").stat().st_size > 1000
     # the torch_ref backend gives the same metrics on the same SAE
     rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),

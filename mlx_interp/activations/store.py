@@ -18,6 +18,7 @@ import numpy as np
 from .. import distributed
 from ..distributed import World
 from ..io import atomic_path, ensure_writable_dir, write_json
+from .rows import special_token_ids
 from .stream import ActivationBatch, _position_mode, check_hooks, iter_activations, stop_layer_for
 
 META_FILE = "metadata.json"
@@ -113,6 +114,8 @@ def extract(
     meta = _resume_state(out, settings, progress_file, prefix)
     if meta.get("complete") and not ranked:
         return meta
+    # what the row rule needs to be applied to these rows later (sae.stream.extraction_source)
+    meta.setdefault("special_token_ids", list(special_token_ids(tok)))
     dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks}
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[settings["dtype"]]
     shard_rows = max(1, int(shard_mb * 2**20 / (itemsize * sum(dims.values()))))

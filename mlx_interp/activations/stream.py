@@ -16,8 +16,9 @@ evaluated once. Memory is bounded by one batch (plus one shard's buffer when wri
 
 Massive activations: in SmolLM2's middle layers, position 0 and boundary/special tokens
 reach residual norms of 10,000-25,000 against a few hundred for ordinary tokens.
-``exclude_massive=True`` drops them (position 0, special tokens, and rows whose norm at
-any requested hook exceeds ``massive_factor`` times the batch median) and counts each kind.
+``exclude_massive=True`` drops them by the one row rule of ``rows.py`` (position 0, special
+tokens, and rows whose norm at any requested hook exceeds ``massive_factor`` times the batch
+median) and counts each kind.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import mlx.core as mx
 import numpy as np
 
 from ..model import layer_of
-from .windows import LAST, PAD, Windows, boundary_token, iter_windows, resolve_token
+from .rows import MASSIVE_FACTOR, RowFilter
+from .windows import LAST, PAD, Windows, iter_windows, resolve_token
 
 _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
 
@@ -103,7 +105,7 @@ def iter_activations(
     max_tokens: int | None = None,
     positions: str | int = "all",
     exclude_massive: bool = False,
-    massive_factor: float = 10.0,
+    massive_factor: float = MASSIVE_FACTOR,
     pack: bool = True,
     seed: int | None = None,
     start_window: int = 0,
@@ -122,7 +124,8 @@ def iter_activations(
         selected row are skipped without running the model. A token that never occurs
         raises ValueError naming tokens of the data that look like it.
     exclude_massive: drop position 0, special tokens, and rows whose norm at any hook is
-        over ``massive_factor`` x the batch median; ``n_excluded`` counts each reason.
+        over ``massive_factor`` x the batch median (``rows.RowFilter``); ``n_excluded``
+        counts each reason (``rows.COUNTERS``).
     pack: pack documents into windows (True) or start each document in its own window.
     seed: if set, the rows of each batch come in a random order (fixed by seed and batch).
     start_window: skip this many windows first (no forward pass); resuming uses it.
@@ -155,7 +158,7 @@ def iter_activations(
 
         texts = default_corpus("train")
     stop = stop_layer_for(hooks, model.cfg.n_layers)
-    special = np.array(sorted(set(tok.all_special_ids) | {boundary_token(tok)}), np.int32)
+    row_filter = RowFilter.for_tokenizer(tok, massive_factor) if exclude_massive else None
     max_windows = None if max_tokens is None else math.ceil(max_tokens / context_length)
     bar = _progress_bar(progress, max_tokens, start_window * context_length)
     seen: set[int] = set()
@@ -188,9 +191,7 @@ def iter_activations(
                 stop,
                 mode,
                 target,
-                special,
-                exclude_massive,
-                massive_factor,
+                row_filter,
                 seed,
                 seen,
             )
@@ -220,9 +221,7 @@ def _batch(
     stop,
     mode,
     target,
-    special,
-    exclude_massive,
-    massive_factor,
+    row_filter,
     seed,
     seen,
 ) -> ActivationBatch | None:
@@ -238,11 +237,8 @@ def _batch(
         select &= token_ids == target
     n_tokens = int((kinds != PAD).sum())
     excluded: dict[str, int] = {}
-    if exclude_massive:
-        pos0 = select & (np.arange(n_win * C) % C == 0)
-        spec = select & ~pos0 & np.isin(token_ids, special)
-        excluded = {"position_0": int(pos0.sum()), "special_token": int(spec.sum())}
-        select &= ~(pos0 | spec)
+    if row_filter is not None:
+        select, excluded = row_filter.by_token(token_ids, np.arange(n_win * C) % C, select)
     if not select.any():
         return None
     tokens = win.tokens
@@ -251,13 +247,11 @@ def _batch(
         tokens = np.concatenate([tokens, filler])
     _, cache = model.run_with_cache(mx.array(tokens), names_filter=hooks, stop_at_layer=stop)
     flat = {h: cache[h][:n_win].reshape(n_win * C, -1) for h in hooks}
-    if exclude_massive:
+    if row_filter is not None:
         idx = np.nonzero(select)[0]
         idx_mx = mx.array(idx)
         norms = [mx.linalg.norm(flat[h][idx_mx].astype(mx.float32), axis=-1) for h in hooks]
-        norms = np.stack([np.asarray(n) for n in norms])  # one transfer per batch
-        med = np.median(norms, axis=1, keepdims=True)
-        outlier = (norms > massive_factor * np.maximum(med, 1e-12)).any(axis=0)
+        outlier = row_filter.outliers(np.stack([np.asarray(n) for n in norms]))  # one transfer
         excluded["norm_outlier"] = int(outlier.sum())
         select[idx[outlier]] = False
         if not select.any():

@@ -2,8 +2,9 @@
 
 Massive activations: in many models (SmolLM2 among them) position 0 and a few separator
 tokens carry residual norms 10-100x those of ordinary tokens, and point in one shared
-direction. The functions here flag them (``massive_mask``: norm over ``MASSIVE_FACTOR`` x
-the median of the text at that layer, and always position 0) and leave them out of
+direction. The functions here flag them by the norm test of the row rule (``activations.rows``;
+``massive_mask``: norm over ``MASSIVE_FACTOR`` x the median of the text at that layer, and
+always position 0) and leave them out of
 similarity statistics, returning the flags so a figure can say what it left out.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-MASSIVE_FACTOR = 10.0
+from ..activations.rows import MASSIVE_FACTOR, over_median
 
 DEFAULT_GROUPS: dict[str, list[str]] = {
     "animals": [" dog", " cat", " horse", " cow", " lion", " rabbit", " sheep", " tiger"],
@@ -48,8 +49,7 @@ def massive_mask(norms: np.ndarray, factor: float = MASSIVE_FACTOR) -> np.ndarra
 
     norms: (..., pos). Returns a boolean array of the same shape.
     """
-    med = np.median(norms, axis=-1, keepdims=True)
-    mask = norms > factor * np.maximum(med, 1e-12)
+    mask = over_median(norms, factor, np.median(norms, axis=-1, keepdims=True))
     mask[..., 0] = True
     return mask
 
@@ -251,7 +251,7 @@ def semantic_similarity(
     if mask is not None:
         all_norms = np.where(np.asarray(mask)[None] > 0, all_norms, np.nan)
     med = np.nanmedian(all_norms, axis=-1)
-    n_massive = int((np.linalg.norm(acts, axis=-1) > MASSIVE_FACTOR * med).sum())
+    n_massive = int(over_median(np.linalg.norm(acts, axis=-1), MASSIVE_FACTOR, med).sum())
     W, T = len(words), len(templates)
     acts = acts.reshape(len(names), T, W, -1)
     centered = acts - acts.mean(axis=2, keepdims=True)
@@ -330,7 +330,7 @@ def position_norms(
             v = N[:, sel]
             med[:, p] = np.median(v, 1)
             q25[:, p], q75[:, p] = np.percentile(v, 25, 1), np.percentile(v, 75, 1)
-            share[:, p] = (v > MASSIVE_FACTOR * overall[:, None]).mean(1)
+            share[:, p] = over_median(v, MASSIVE_FACTOR, overall[:, None]).mean(1)
     labels = ["embed" if L == -1 else f"L{L}" for L in layers]
     return PositionNorms(labels, med, q25, q75, int((pos == 0).sum()), share)
 

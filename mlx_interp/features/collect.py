@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..activations.rows import MASSIVE_FACTOR
 from .stats import StatsConfig, UnitStats
 
 
@@ -133,7 +134,7 @@ def compute_feature_stats(
     batch_size: int = 8,
     context_length: int = 128,
     stats_config: StatsConfig | None = None,
-    massive_factor: float = 10.0,
+    massive_factor: float = MASSIVE_FACTOR,
     model_name: str | None = None,
     progress: bool = False,
 ) -> dict:
@@ -142,8 +143,8 @@ def compute_feature_stats(
     Returns {"sae": UnitStats, "neurons": {hook: UnitStats}, "info": {...}}. neuron_hooks:
     baselines counted on the same rows (None: ``default_neuron_hooks``; [] for none).
     """
-    from ..activations import boundary_token, iter_activations
-    from ..activations.rows import massive_row_mask
+    from ..activations import iter_activations
+    from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
 
     sae = load_sae(sae, backend)
     hook = check_sae_for_model(sae.cfg, model, hook, model_name)
@@ -168,8 +169,8 @@ def compute_feature_stats(
     hooks = list(dict.fromkeys([hook, *neuron_hooks]))
     acc = UnitStats(sae.cfg.d_sae, V, cfg)
     neurons: dict[str, UnitStats] = {}
-    special = np.array(sorted(set(tok.all_special_ids) | {boundary_token(tok)}), np.int64)
-    left_out = {"position_0": 0, "special_token": 0, "massive": 0}
+    rows = RowFilter.for_tokenizer(tok, massive_factor)
+    left_out = zero_counts()
     t0 = time.perf_counter()
     n_batches = 0
     for batch in iter_activations(
@@ -188,20 +189,13 @@ def compute_feature_stats(
         real = np.zeros(n_win * C, bool)
         real[grid] = True
         tok_grid = batch.windows.reshape(-1).astype(np.int64)
-        pos0 = real & (np.arange(n_win * C) % C == 0)
-        spec = real & ~pos0 & np.isin(tok_grid, special)
-        keep = real & ~pos0 & ~spec
         x = np.asarray(batch.acts[hook].astype(mx.float32))
         if not np.all(np.isfinite(x)):
             raise ValueError(f"activations at {hook} contain NaN or inf")
-        ordinary = keep[grid]
-        massive = np.zeros(len(grid), bool)
-        if ordinary.any():
-            massive[ordinary] = massive_row_mask(x[ordinary], massive_factor)
-        keep[grid[massive]] = False
-        left_out["position_0"] += int(pos0.sum())
-        left_out["special_token"] += int(spec.sum())
-        left_out["massive"] += int(massive.sum())
+        sel = rows(batch.token_ids, batch.positions, row_norms(x))
+        keep = np.zeros(n_win * C, bool)
+        keep[grid[sel.keep]] = True
+        add_counts(left_out, sel.counts)
         docs = np.full(n_win * C, -1, np.int64)
         docs[grid] = batch.doc_ids
 
@@ -217,7 +211,7 @@ def compute_feature_stats(
         raise ValueError(
             "no tokens to analyse: the data is empty (or holds only special tokens)"
             if n_batches == 0
-            else "every token was left out (position 0, special or massive rows)"
+            else f"every token was left out ({rows.describe()})"
         )
     info = {
         "hook": hook,

@@ -4,7 +4,7 @@ A *unit* is an SAE latent or one dimension of a hook's activation (a "neuron"). 
 activation a is clipped at zero (a+ = max(a, 0); SAE latents are non-negative already),
 and it *fires* on a token when a+ > 0. Over the ordinary tokens of the data (position 0,
 special tokens and massive rows, norm over 10x the batch median at the SAE's hook, are
-left out and counted, see DESIGN.md) ``UnitStats`` gathers, batch by batch, in NumPy:
+left out and counted: the row rule of ``activations.rows``) ``UnitStats`` gathers, batch by batch, in NumPy:
 
 - fires, sum of a+ (so density = fires / n_tokens, mean activation when firing);
 - a histogram of log10(a+) over the tokens where the unit fires (fixed bins);

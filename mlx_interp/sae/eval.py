@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..activations.rows import MASSIVE_FACTOR
 from .metrics import MetricAccumulator, log10_density_histogram
 
 
@@ -58,13 +59,13 @@ def evaluate_sae(
     context_length: int = 128,
     batch_size: int = 8,
     backend: str = "mlx",
-    massive_factor: float = 10.0,
+    massive_factor: float = MASSIVE_FACTOR,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density)."""
     import mlx.core as mx
 
-    from ..activations.rows import massive_row_mask
-    from ..activations.windows import NORMAL, iter_windows
+    from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
+    from ..activations.windows import PAD, iter_windows
     from .stream import texts_opener
 
     sae, run = _load(sae_folder, backend)
@@ -77,7 +78,8 @@ def evaluate_sae(
     acc = MetricAccumulator(sae.cfg.d_sae)
     acc_massive = MetricAccumulator(sae.cfg.d_sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    kl, n_pred, n_tok, excluded = 0.0, 0, 0, {"special_or_position_0": 0, "massive": 0}
+    kl, n_pred, n_tok, excluded = 0.0, 0, 0, zero_counts()
+    rows = RowFilter.for_tokenizer(tok, massive_factor)
     checked = False
     for win in iter_windows(tok, texts, context_length, batch_size):
         if n_tok >= tokens:
@@ -95,14 +97,11 @@ def evaluate_sae(
             checked = True
         if not np.all(np.isfinite(flat)):
             raise ValueError(f"activations at {hook} contain NaN or inf")
-        kinds = win.kinds.reshape(-1)
-        ordinary = (kinds == NORMAL) | (kinds == 2)  # NORMAL or LAST: real text tokens
-        ordinary &= np.tile(np.arange(t) > 0, b)
-        massive = np.zeros_like(ordinary)
-        massive[ordinary] = massive_row_mask(flat[ordinary], massive_factor)
-        keep = ordinary & ~massive
-        excluded["special_or_position_0"] += int(((kinds != 3) & ~ordinary).sum())
-        excluded["massive"] += int(massive.sum())
+        real = win.kinds.reshape(-1) != PAD
+        keep, massive, counts = rows(
+            win.tokens.reshape(-1), np.tile(np.arange(t), b), row_norms(flat), real
+        )
+        add_counts(excluded, counts)
         f, x_hat = run(flat)
         acc.add(flat[keep], x_hat[keep], f[keep])
         acc_massive.add(flat[massive], x_hat[massive], f[massive])
@@ -117,7 +116,7 @@ def evaluate_sae(
         )
         # next-token prediction at every position whose target is a real token
         target = win.tokens[:, 1:]
-        valid = win.kinds[:, 1:] != 3
+        valid = win.kinds[:, 1:] != PAD
         idx = np.nonzero(valid)
         lp = {}
         for name, lg in (("clean", logits), ("sae", logits_sae), ("zero", logits_zero)):
@@ -149,9 +148,9 @@ def evaluate_sae(
         "rows_left_out": excluded,
         "massive_rows": acc_massive.result() if acc_massive.n else {"n_rows": 0},
         "note": (
-            "metrics over ordinary tokens; position 0, special tokens and massive rows "
-            f"(norm > {massive_factor} x the batch median) are left out of the SAE metrics and "
-            "keep their clean values when splicing; massive rows are reported apart"
+            f"metrics over ordinary tokens; left out ({rows.describe()}) are left out of the "
+            "SAE metrics and keep their clean values when splicing; the norm outliers are "
+            "reported apart (massive_rows)"
         ),
     }
     return report, acc.density()
@@ -185,7 +184,8 @@ def print_report(r: dict) -> None:
     m = r["massive_rows"]
     left = r["rows_left_out"]
     print(
-        f"  left out: {left['special_or_position_0']} special/position-0 rows, {left['massive']} massive rows"
+        f"  left out: {left['position_0']} position-0, {left['special_token']} special-token, "
+        f"{left['norm_outlier']} norm-outlier rows"
         + (
             f" (explained variance on those: {m['explained_variance']:.3f})"
             if m.get("n_rows", 0) > 1

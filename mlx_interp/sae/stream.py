@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..activations.rows import massive_row_mask
+from ..activations.rows import MASSIVE_FACTOR, RowFilter, add_counts, row_norms, zero_counts
 from .buffer import check_finite
 
 
@@ -35,18 +35,18 @@ def model_source(
     *,
     batch_size: int = 8,
     context_length: int = 128,
-    massive_factor: float = 10.0,
+    massive_factor: float = MASSIVE_FACTOR,
     stats: dict | None = None,
 ):
-    """Stream rows from ``model`` at ``hooks``; position 0, special tokens and massive rows
-    (norm over ``massive_factor`` x the batch median at any hook) are left out and counted
-    in ``stats['n_excluded']``."""
+    """Stream rows from ``model`` at ``hooks``; the row rule (``activations.rows``: position 0,
+    special tokens and rows with a norm over ``massive_factor`` x the batch median at any
+    hook) leaves rows out, counted in ``stats['n_excluded']``."""
     from ..activations import check_hooks, iter_activations
 
     check_hooks(model, hooks)
     if stats is None:
         stats = {}
-    stats.setdefault("n_excluded", {})
+    stats.setdefault("n_excluded", zero_counts())
     stats.setdefault("rows", 0)
 
     def open_at(cursor: int):
@@ -62,8 +62,7 @@ def model_source(
         ):
             chunk = {h: np.asarray(batch.acts[h], dtype=np.float32) for h in hooks}
             check_finite(chunk)
-            for k, v in batch.n_excluded.items():
-                stats["n_excluded"][k] = stats["n_excluded"].get(k, 0) + int(v)
+            add_counts(stats["n_excluded"], batch.n_excluded)
             stats["rows"] += batch.n_rows
             yield batch.first_window + len(batch.windows), chunk
 
@@ -71,10 +70,15 @@ def model_source(
 
 
 def extraction_source(
-    folder: str | Path, hooks: list[str], massive_factor: float = 10.0, epochs: int = 1
+    folder: str | Path,
+    hooks: list[str],
+    massive_factor: float = MASSIVE_FACTOR,
+    epochs: int = 1,
+    stats: dict | None = None,
 ):
     """Rows from an ``mlx-interp extract`` folder, shard by shard (``epochs`` times over).
-    If the extraction kept massive rows, they are left out here (by the same norm rule)."""
+    If the extraction kept all rows, the row rule (``activations.rows.RowFilter``) is applied
+    here, per shard, and the rows left out are counted in ``stats['n_excluded']``."""
     from ..activations import read_metadata
 
     meta = read_metadata(Path(folder))
@@ -83,7 +87,15 @@ def extraction_source(
         raise ValueError(
             f"the extraction in {folder} has no {', '.join(missing)} (it has {', '.join(meta['hooks'])})"
         )
-    filter_massive = not meta.get("exclude_massive", False)
+    rule = None
+    if not meta.get("exclude_massive", False):
+        rule = RowFilter(
+            factor=massive_factor, special_ids=tuple(meta.get("special_token_ids", ()))
+        )
+    if stats is None:
+        stats = {}
+    stats.setdefault("n_excluded", zero_counts())
+    stats.setdefault("rows", 0)
 
     n_shards = len(meta["shards"])
     if n_shards == 0:
@@ -91,14 +103,17 @@ def extraction_source(
 
     def open_at(cursor: int):
         for i in range(cursor, n_shards * epochs):
-            acts = _read_shard(folder, meta["shards"][i % n_shards]["file"], hooks)
+            shard = meta["shards"][i % n_shards]
+            acts = _read_shard(folder, shard["file"], hooks)
             chunk = {h: acts[h].reshape(acts[h].shape[0], -1) for h in hooks}
             check_finite(chunk)
-            if filter_massive:
-                keep = np.ones(next(iter(chunk.values())).shape[0], bool)
-                for rows in chunk.values():
-                    keep &= ~massive_row_mask(rows, massive_factor)
-                chunk = {h: a[keep] for h, a in chunk.items()}
+            if rule is not None:
+                rows = _read_rows(folder, shard["rows_file"])
+                norms = np.stack([row_norms(a) for a in chunk.values()])
+                sel = rule(rows["token_ids"], rows["positions"], norms)
+                add_counts(stats["n_excluded"], sel.counts)
+                chunk = {h: a[sel.keep] for h, a in chunk.items()}
+            stats["rows"] += next(iter(chunk.values())).shape[0]
             yield i + 1, chunk
 
     return open_at
@@ -109,3 +124,9 @@ def _read_shard(folder, name: str, hooks: list[str]) -> dict[str, np.ndarray]:
 
     a = mx.load(str(Path(folder) / name))
     return {h: np.asarray(a[h].astype(mx.float32)) for h in hooks}
+
+
+def _read_rows(folder, name: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(folder) / name))
