@@ -210,6 +210,8 @@ def test_row_filter_is_the_one_rule():
     assert sel.keep.tolist() == [False, True, False, True, False, False, True]
     assert sel.outlier.tolist() == [False] * 4 + [True, True, False]
     # nothing left out when the rule is off; the norm test alone, elementwise
-    off = RowFilter(position_0=False, special_tokens=False, factor=None)(token_ids, positions, norms)
+    off = RowFilter(position_0=False, special_tokens=False, factor=None)(
+        token_ids, positions, norms
+    )
     assert off.keep.all() and sum(off.counts.values()) == 0
     assert over_median(np.array([1.0, 1, 11]), 10.0).tolist() == [False, False, True]
