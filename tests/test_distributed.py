@@ -135,3 +135,67 @@ def test_world_of_one_is_a_no_op():
     w.check_same("x", {"a": 1})
     w.barrier("x")
     assert w.is_main and w.all_sum(3) == 3
+
+
+TRAIN = """
+import numpy as np
+import mlx_interp
+from mlx_interp.sae.buffer import array_source
+from mlx_interp.sae.training import TrainConfig, train_sae
+rng = np.random.default_rng(0)
+x = (rng.standard_normal((16384, 24)) @ rng.standard_normal((24, 24))).astype(np.float32)
+tc = TrainConfig(architecture={arch!r}, d_sae=96, k=6, tokens=50 * 256, batch_size=256,
+                 lr=1e-3, lr_warmup_steps=5, init_rows=2048, buffer_rows=4096,
+                 dead_tokens=2048, log_every=10, checkpoint_every=20)
+train_sae(array_source({{"h": x}}, chunk_rows=1024), ["h"], 24, tc, {out!r}, progress=False,
+          stop_after_steps={stop})
+"""
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "h" / "sae_weights.safetensors"))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "standard"])
+def test_two_ranks_train_like_one(tmp_path, arch):
+    """A 2-rank run equals a 1-rank run with the same global batch: weights within 1e-5."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    exec(TRAIN.format(arch=arch, out=str(one), stop=None), {})  # one process, in this one
+    r = launch(TRAIN.format(arch=arch, out=str(two), stop=None), tmp_path)
+    assert r.returncode == 0 and (two / "training.json").exists(), r.stderr[-2000:]
+    w1, w2 = _weights(one), _weights(two)
+    for k in w1:
+        err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
+        assert err < 1e-5, (k, err)
+    import json
+
+    log1 = json.loads((one / "training.json").read_text())["log"]
+    log2 = json.loads((two / "training.json").read_text())["log"]
+    for a, b in zip(log1, log2, strict=True):
+        for key in ("mse", "l0", "explained_variance", "dead_fraction"):
+            assert b["h"][key] == pytest.approx(a["h"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_two_ranks_train_resume(tmp_path):
+    """Stopped after 20 steps (a checkpoint by rank 0), rerun: the same SAE as one go."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = launch(TRAIN.format(arch="topk", out=str(two), stop=20), tmp_path)
+    assert r.returncode == 0 and (two / "checkpoint").is_dir(), r.stderr[-2000:]
+    r = launch(TRAIN.format(arch="topk", out=str(two), stop=None), tmp_path)
+    assert r.returncode == 0 and (two / "training.json").exists(), r.stderr[-2000:]
+    exec(TRAIN.format(arch="topk", out=str(one), stop=None), {})
+    w1, w2 = _weights(one), _weights(two)
+    for k in w1:
+        err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
+        assert err < 1e-5, (k, err)
+
+
+def test_batch_size_not_divisible_is_refused(tmp_path):
+    script = TRAIN.format(arch="topk", out=str(tmp_path / "x"), stop=None).replace(
+        "batch_size=256", "batch_size=255"
+    )
+    r = launch(script, tmp_path)
+    assert "not divisible by the 2 ranks" in r.stderr
+    assert not (tmp_path / "x" / "training.json").exists()

@@ -47,11 +47,21 @@ def topk_dense(pre: mx.array, k: int) -> mx.array:
     return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
 
 
-def batchtopk_dense(pre: mx.array, k: int) -> mx.array:
-    """Keep the k * batch largest entries of relu(pre) over the whole batch."""
+def batchtopk_dense(pre: mx.array, k: int, world_size: int = 1) -> mx.array:
+    """Keep the k * batch largest entries of relu(pre) over the whole batch.
+
+    world_size > 1 (data-parallel training): ``pre`` is this rank's slice of a global batch
+    ``world_size`` times larger, and the threshold is the global batch's: every rank's
+    candidates are gathered (``mx.distributed.all_gather``), so the selection is the one a
+    single process makes over the whole batch.
+    """
     acts = mx.maximum(pre, 0)
-    n_keep = k * acts.shape[0]
-    kth = mx.stop_gradient(mx.min(mx.topk(acts.reshape(-1), n_keep)))
+    flat = acts.reshape(-1)
+    n_keep = k * acts.shape[0] * world_size
+    top = mx.topk(flat, min(n_keep, flat.size))
+    if world_size > 1:
+        top = mx.topk(mx.distributed.all_gather(top), n_keep)
+    kth = mx.stop_gradient(mx.min(top))
     return mx.where((acts >= kth) & (acts > 0), acts, 0)
 
 
@@ -158,8 +168,13 @@ def loss_terms(
     aux_coeff: float = 1 / 32,
     bandwidth: float = 0.05,
     sparse_decode: bool = True,
+    world_size: int = 1,
 ) -> tuple[mx.array, dict]:
     """The training loss of one batch and its parts; every term is a mean over the batch.
+
+    world_size > 1: ``x`` is this rank's equal slice of the global batch (data-parallel
+    training; the mean of the ranks' gradients is the global batch's gradient); only
+    BatchTopK's selection looks across the slices.
 
     mse      = mean_b sum_d (x_hat - x)^2
     standard:  + sparsity_coeff * mean_b sum_i f_i ||W_dec_i||                (L1, decoder norms)
@@ -184,7 +199,7 @@ def loss_terms(
         elif arch == "topk":
             f = topk_dense(pre, cfg.k)
         elif arch == "batchtopk":
-            f = batchtopk_dense(pre, cfg.k)
+            f = batchtopk_dense(pre, cfg.k, world_size)
         else:
             jumprelu, step = jumprelu_ste(bandwidth)
             theta = mx.exp(params["log_threshold"])

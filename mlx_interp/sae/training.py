@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
+from ..distributed import World
 from ..options import option
 from .buffer import ShuffleBuffer, check_finite
 from .config import ARCHITECTURES, SAEConfig
@@ -111,10 +113,14 @@ class MLXBackend:
 
     name = "mlx"
 
-    def __init__(self, cfg: SAEConfig, tc: TrainConfig, params: dict, scale: float):
+    def __init__(
+        self, cfg: SAEConfig, tc: TrainConfig, params: dict, scale: float, world_size: int = 1
+    ):
         import mlx.core as mx
 
         self.mx, self.cfg, self.tc = mx, cfg, tc
+        # data-parallel: this rank steps on its 1/world_size slice of every global batch
+        self.world_size = world_size
         p = {k: mx.array(v) for k, v in params.items()}
         thr = 0.0
         if cfg.architecture == "jumprelu":
@@ -139,6 +145,10 @@ class MLXBackend:
 
         b1, b2 = tc.adam_betas
         eps = tc.adam_eps
+        n_ranks = self.world_size
+
+        def mean_over_ranks(a):  # the global batch's mean of a per-slice mean
+            return a if n_ranks == 1 else mx.distributed.all_sum(a) / n_ranks
 
         def step(state, x, lr, coeff, bc1, bc2):
             x = x * state["scale"]
@@ -155,9 +165,11 @@ class MLXBackend:
                     aux_coeff=tc.aux_coeff,
                     bandwidth=tc.jumprelu_bandwidth,
                     sparse_decode=tc.sparse_decode,
+                    world_size=n_ranks,
                 )
 
             (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
+            grads = {name: mean_over_ranks(g) for name, g in grads.items()}
             new_p, new_m, new_v = {}, {}, {}
             for name, p in state["params"].items():
                 g = grads[name]
@@ -173,21 +185,30 @@ class MLXBackend:
                 fired = counts > 0
             else:
                 fired = (out["f"] > 0).any(axis=0)
-            n = x.shape[0]
+            if n_ranks > 1:  # fired on any rank's slice
+                fired = mx.distributed.all_sum(fired.astype(mx.int32)) > 0
+            n = x.shape[0] * n_ranks
             since = mx.where(fired, 0, state["since_fired"] + n).astype(mx.int32)
             thr = state["threshold"]
             if cfg.architecture == "batchtopk":
                 f = out["f"]
                 low = mx.min(mx.where(f > 0, f, mx.inf))
+                if n_ranks > 1:
+                    low = mx.distributed.all_min(low)
                 r = tc.batchtopk_threshold_rate
                 upd = mx.where(thr == 0, low, (1 - r) * thr + r * low)
                 thr = mx.where(mx.isinf(low), thr, upd)
-            centred = x - x.mean(axis=0)
+            if n_ranks == 1:
+                centred = x - x.mean(axis=0)
+                var = (centred * centred).sum(axis=-1).mean()
+            else:  # about the global batch's mean: E|x|^2 - |E x|^2 over every slice
+                mean = mean_over_ranks(x.mean(axis=0))
+                var = mean_over_ranks((x * x).sum(axis=-1).mean()) - (mean * mean).sum()
             metrics = {
-                "loss": loss,
-                "mse": out["mse"],
-                "var": (centred * centred).sum(axis=-1).mean(),
-                "l0": out["l0"],
+                "loss": mean_over_ranks(loss),
+                "mse": mean_over_ranks(out["mse"]),
+                "var": var,
+                "l0": mean_over_ranks(out["l0"]),
             }
             new_state = {
                 "params": new_p,
@@ -348,12 +369,20 @@ def train_sae(
     progress: bool = True,
     metadata: dict | None = None,
     stop_after_steps: int | None = None,
+    world: World | None = None,
 ) -> dict:
     """Train one SAE per hook on batches from ``source``; write ``out/<hook>/`` SAELens folders.
 
     Returns a summary dict (per hook: final metrics, the log) that is also written to
     ``out/training.json``. ``stop_after_steps`` ends early (leaving a checkpoint), as a
     killed run would; a later call with the same arguments resumes.
+
+    Data-parallel (``mlx.launch -n N -- mlx-interp train-sae ...``; ``world`` defaults to
+    ``mlx_interp.distributed.world()``): every rank reads the same global batches from
+    ``source`` and steps on its own 1/N slice of each; gradients, firing counts (dead
+    latents), BatchTopK's selection and threshold and every logged metric are reduced across
+    the ranks inside the compiled step, so the result does not depend on N. Rank 0 writes
+    the checkpoints, the SAE folders and training.json; every rank resumes from them.
     """
     from .sae import init_params
 
@@ -361,6 +390,15 @@ def train_sae(
     make = _backend_class(backend)
     if len(set(hooks)) != len(hooks) or not hooks:
         raise ValueError(f"give each hook point once (got {hooks})")
+    world = world or distributed.world()
+    if world.size > 1:
+        if backend != "mlx":
+            raise ValueError("data-parallel training (several ranks) needs the mlx backend")
+        if tc.batch_size % world.size:
+            raise ValueError(
+                f"batch_size {tc.batch_size} is not divisible by the {world.size} ranks; "
+                f"give a multiple of {world.size}"
+            )
     ckpt = load_checkpoint(out, hooks) if resume else None
     sample = None
     if ckpt is not None:
@@ -375,6 +413,15 @@ def train_sae(
             raise ValueError(f"{h} activations have width {d_ins[h]}, expected {d_in[h]}")
     tcs = {h: tc.resolve(d_ins[h]) for h in hooks}
     tc = tcs[hooks[0]]
+    world.check_same(
+        "train-sae",
+        {"train": {h: asdict(tcs[h]) for h in hooks}, "hooks": hooks, "d_in": d_ins,
+         "resumed_at": ckpt[0]["step"] if ckpt is not None else 0},
+    )  # fmt: skip
+    part = slice(
+        world.rank * tc.batch_size // world.size, (world.rank + 1) * tc.batch_size // world.size
+    )
+    make_backend = make if world.size == 1 else (lambda *a: make(*a, world_size=world.size))
     total = tc.total_steps
     meta_cfg = {h: asdict(tcs[h]) for h in hooks}
     cfgs = {h: tcs[h].sae_config(d_ins[h], h, model_name) for h in hooks}
@@ -388,7 +435,7 @@ def train_sae(
             raise ValueError(f"{out / CHECKPOINT_DIR} was written by the {meta['backend']} backend")
         backends = {}
         for h in hooks:
-            be = make(cfgs[h], tcs[h], _placeholder_params(cfgs[h]), 1.0)
+            be = make_backend(cfgs[h], tcs[h], _placeholder_params(cfgs[h]), 1.0)
             be.load_state_numpy(states[h])
             backends[h] = be
         step, log = meta["step"], meta["log"]
@@ -409,14 +456,14 @@ def train_sae(
                 b_dec_init=tc.b_dec_init,
                 threshold_init=tc.jumprelu_init_threshold,
             )
-            backends[h] = make(cfgs[h], tcs[h], params, scale)
+            backends[h] = make_backend(cfgs[h], tcs[h], params, scale)
             scales[h] = scale
         step, log, buffer_state = 0, [], None
     buffer = ShuffleBuffer(source, tc.batch_size, tc.buffer_rows, tc.seed, buffer_state)
     with_aux = {h: False for h in hooks}
     if step > 0 and tc.architecture in ("topk", "batchtopk"):
         with_aux = {h: backends[h].n_dead() > 0 for h in hooks}
-    bar = _progress(total, step, progress)
+    bar = _progress(total, step, progress and world.is_main)
     t0, tokens0, last_ckpt = time.perf_counter(), step * tc.batch_size, step
     meta = {
         "train_config": meta_cfg,
@@ -431,7 +478,7 @@ def train_sae(
         for h in hooks:
             lr = lr_at(step, total, tcs[h].lr, tc.lr_warmup_steps, tc.lr_decay_frac)
             coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
-            backends[h].step(batch[h], lr, coeff, step + 1, with_aux[h])
+            backends[h].step(batch[h][part], lr, coeff, step + 1, with_aux[h])
         step += 1
         bar.update(1)
         if step % tc.log_every == 0 or step == total:
@@ -454,12 +501,13 @@ def train_sae(
                 tok_s=f"{row['tokens_per_s']:.0f}",
             )
         if step % tc.checkpoint_every == 0 or step == total:
-            save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
+            if world.is_main:
+                save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
             last_ckpt = step
         if stop_after_steps is not None and step >= stop_after_steps:
             break
     bar.close()
-    if step > last_ckpt:
+    if step > last_ckpt and world.is_main:
         save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
     if step < total and stop_after_steps is None:
         raise ValueError(
@@ -473,7 +521,7 @@ def train_sae(
         cfg = cfgs[h]
         cfg.metadata = dict(metadata or {})
         weights = export_params(cfg, be.raw_params(), scales[h], be.global_threshold())
-        if step >= total:
+        if step >= total and world.is_main:
             _save_sae(out / h, cfg, weights)
         summary["hooks"][h] = {
             "folder": str(out / h),
@@ -481,10 +529,11 @@ def train_sae(
             "input_scale": scales[h],
         }
     summary["log"] = log
-    if step >= total:
+    if step >= total and world.is_main:
         from ..io import write_json
 
         write_json(out / "training.json", summary)
+    world.barrier("train-sae: waiting for rank 0 to write the SAE")
     return summary
 
 
