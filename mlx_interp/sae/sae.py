@@ -29,10 +29,36 @@ from .files import load_sae_folder, save_sae_folder
 # --- activation functions --------------------------------------------------------------
 
 
+def _group_size(n: int, k: int) -> int:
+    """The group width for the two-stage top-k of k among n (1: a plain partition pays)."""
+    best, cost = 1, n
+    for g in (2, 4, 8, 16, 32, 64):
+        if n % g == 0 and n // g > k and n // g + k * g < cost:
+            best, cost = g, n // g + k * g
+    return best if cost <= n // 2 else 1
+
+
 def topk_indices(pre: mx.array, k: int) -> mx.array:
-    """Indices (batch, k) of the k largest entries of each row (in no particular order)."""
+    """Indices (..., k) of the k largest entries along the last axis (in no particular order).
+
+    Exact, in two stages when it pays: the last axis is cut into groups of g neighbours;
+    the k groups with the largest maxima hold every one of the k largest entries (an entry
+    outside them is beaten by k group maxima), so one partition of n / g group maxima and
+    one of the k * g candidates replace a partition of all n (for k 32 of 9216 latents:
+    576 + 512 entries per row instead of 9216, about 4x less time on the CPU).
+    """
     n = pre.shape[-1]
-    return mx.argpartition(pre, kth=n - k, axis=-1)[..., n - k :]
+    g = _group_size(n, k)
+    if g == 1:
+        return mx.argpartition(pre, kth=n - k, axis=-1)[..., n - k :]
+    lead = pre.shape[:-1]
+    groups = pre.reshape(-1, n // g, g)
+    m = n // g
+    top_groups = mx.argpartition(groups.max(axis=-1), kth=m - k, axis=-1)[:, m - k :]
+    cand = mx.take_along_axis(groups, top_groups[..., None], axis=1).reshape(-1, k * g)
+    local = mx.argpartition(cand, kth=k * g - k, axis=-1)[:, k * g - k :]
+    idx = mx.take_along_axis(top_groups, local // g, axis=-1) * g + local % g
+    return idx.reshape(*lead, k)
 
 
 def topk_sparse(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -41,9 +67,51 @@ def topk_sparse(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
     return mx.maximum(mx.take_along_axis(pre, idx, axis=-1), 0), idx
 
 
+_ENCODE_TOPK_CACHE: dict[tuple[int, bool], object] = {}
+
+
+def encode_topk_train(params: dict, x: mx.array, k: int, apply_b_dec_to_input: bool = True):
+    """Training encoder of a TopK SAE, fused with its top-k: (values, indices), each (batch, k).
+
+    values = relu(pre) at the k largest pre-activations of each row, as ``topk_sparse``,
+    with a hand-written backward pass that does only the work the sparsity needs: the
+    gradient at the k chosen entries is laid into a (batch, d_sae) matrix once for the one
+    encoder weight product, the encoder bias gets a scatter of batch x k numbers, and
+    b_dec (subtracted from the input) gets (sum of the bias gradient) @ W_enc.T, a vector
+    product, where automatic differentiation would multiply the whole (batch, d_sae)
+    gradient by W_enc.T. ``x`` is data: no gradient flows to it (zeros).
+    """
+    key = (k, apply_b_dec_to_input)
+    if key not in _ENCODE_TOPK_CACHE:
+
+        @mx.custom_function
+        def encode(x, w_enc, b_enc, b_dec):
+            x_in = x - b_dec if apply_b_dec_to_input else x
+            pre = mx.addmm(b_enc, x_in, w_enc)
+            idx = topk_indices(pre, k)
+            return mx.take_along_axis(pre, idx, axis=-1), idx
+
+        @encode.vjp
+        def encode_vjp(primals, cotangents, outputs):
+            x, w_enc, b_enc, b_dec = primals
+            d_top, idx = cotangents[0], outputs[1]
+            x_in = x - b_dec if apply_b_dec_to_input else x
+            d_pre = mx.put_along_axis(
+                mx.zeros((x.shape[0], w_enc.shape[1]), d_top.dtype), idx, d_top, axis=-1
+            )
+            d_b_enc = mx.zeros_like(b_enc).at[idx.reshape(-1)].add(d_top.reshape(-1))
+            d_b_dec = -(d_b_enc @ w_enc.T) if apply_b_dec_to_input else mx.zeros_like(b_dec)
+            return mx.zeros_like(x), x_in.T @ d_pre, d_b_enc, d_b_dec
+
+        _ENCODE_TOPK_CACHE[key] = encode
+    top, idx = _ENCODE_TOPK_CACHE[key](x, params["W_enc"], params["b_enc"], params["b_dec"])
+    return mx.maximum(top, 0), mx.stop_gradient(idx)
+
+
 def topk_dense(pre: mx.array, k: int) -> mx.array:
     """relu(pre) on the k largest entries of each row, zero elsewhere (batch, d_sae)."""
-    kth = mx.stop_gradient(mx.min(mx.topk(pre, k, axis=-1), axis=-1, keepdims=True))
+    p = mx.stop_gradient(pre)
+    kth = mx.min(mx.take_along_axis(p, topk_indices(p, k), axis=-1), axis=-1, keepdims=True)
     return mx.where(pre >= kth, mx.maximum(pre, 0), 0)
 
 
@@ -185,15 +253,23 @@ def loss_terms(
     For jumprelu ``params`` holds ``log_threshold`` (theta = exp(log_threshold)).
     """
     arch = cfg.architecture
-    pre = pre_activations(params, x, cfg.apply_b_dec_to_input)
     parts = {}
-    if arch == "topk" and sparse_decode:
+    if arch == "topk" and sparse_decode and dead_mask is None:
+        # the fused path: no dense pre-activation gradient, no d x_in product
+        values, idx = encode_topk_train(params, x, cfg.k, cfg.apply_b_dec_to_input)
+        x_hat = decode_sparse(params, values, idx)
+        f = pre = None
+        parts["indices"], parts["values"] = idx, values
+        l0 = (values > 0).sum(axis=-1).astype(mx.float32).mean()
+    elif arch == "topk" and sparse_decode:
+        pre = pre_activations(params, x, cfg.apply_b_dec_to_input)
         values, idx = topk_sparse(pre, cfg.k)
         x_hat = decode_sparse(params, values, idx)
         f = None
         parts["indices"], parts["values"] = idx, values
         l0 = (values > 0).sum(axis=-1).astype(mx.float32).mean()
     else:
+        pre = pre_activations(params, x, cfg.apply_b_dec_to_input)
         if arch == "standard":
             f = mx.maximum(pre, 0)
         elif arch == "topk":
@@ -221,8 +297,9 @@ def loss_terms(
         parts["sparsity"] = sparsity
     elif dead_mask is not None:
         k_aux = min(aux_k or cfg.d_in // 2, cfg.d_sae)
-        aux_pre = mx.where(dead_mask, pre, -mx.inf)
-        kth = mx.stop_gradient(mx.min(mx.topk(aux_pre, k_aux, axis=-1), axis=-1, keepdims=True))
+        aux_pre = mx.stop_gradient(mx.where(dead_mask, pre, -mx.inf))
+        aux_top = mx.take_along_axis(aux_pre, topk_indices(aux_pre, k_aux), axis=-1)
+        kth = mx.min(aux_top, axis=-1, keepdims=True)
         aux_acts = mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
         e = mx.stop_gradient(x - x_hat)
         e_hat = aux_acts @ params["W_dec"]
