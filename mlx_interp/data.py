@@ -23,6 +23,7 @@ import os
 import re
 import sysconfig
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .io import write_text
@@ -94,6 +95,126 @@ def split_documents(docs: Iterable[str], split: str = "all") -> Iterator[str]:
     for d in docs:
         if split == "all" or is_heldout(d) == (split == "heldout"):
             yield d
+
+
+def splits_overlap(a: str | None, b: str | None) -> bool:
+    """Whether two splits of the same data share documents ('all' shares with both)."""
+    return a == b or "all" in (a, b)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which documents a command reads: ``data`` (a ``read_documents`` source; None: the
+    default corpus) and one ``split`` of it, by the same document hash as the default
+    corpus (``is_heldout``): 'train', 'heldout' or 'all'.
+
+    ``record()`` is what every artefact stores about its data: the source, the split and a
+    fingerprint of the data (sha256 of the file bytes; of the .txt files, path and bytes, of
+    a folder; the corpus version for the default corpus; the name of a Hugging Face
+    dataset), so that an SAE's evaluation can tell whether it reads the SAE's training data.
+    """
+
+    data: str | None = None
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r} is not one of {', '.join(SPLITS)}")
+        if self.data is not None:
+            object.__setattr__(self, "data", str(self.data))
+
+    def check(self) -> DataSource:
+        """Fail now, with a one-line error, on a missing, unreadable or empty source, or an
+        empty split of it."""
+        if self.data is not None:
+            read_documents(self.data)
+            if next(iter(self.documents()), None) is None:
+                raise ValueError(
+                    f"the {self.split} split of {self.data} holds no document (1 document in "
+                    f"{HELDOUT_EVERY}, by a hash of its text, is held out): give more documents "
+                    "or another --split"
+                )
+        return self
+
+    def documents(self) -> Iterator[str]:
+        """The documents of the split, in a fixed order."""
+        if self.data is None:
+            return default_corpus(self.split)
+        return split_documents(read_documents(self.data), self.split)
+
+    @property
+    def name(self) -> str:
+        if self.data is None:
+            return f"default corpus v{CORPUS_VERSION}"
+        path = Path(self.data).expanduser()
+        return str(path.resolve()) if path.exists() else f"dataset {self.data}"
+
+    def describe(self) -> str:
+        """E.g. 'data.txt (held-out split)'."""
+        split = {"train": "train split", "heldout": "held-out split", "all": "all documents"}
+        return f"{self.name} ({split[self.split]})"
+
+    def resume_id(self) -> str:
+        """A short name of the data as it is now (path, size, mtime, split), for resume checks."""
+        if self.data is None:
+            return f"default corpus v{CORPUS_VERSION}, {self.split} split"
+        path = Path(self.data).expanduser()
+        if path.is_file():
+            st = path.stat()
+            return f"{path.resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns}), {self.split}"
+        if path.is_dir():
+            files = sorted(path.rglob("*.txt"))
+            size = sum(f.stat().st_size for f in files)
+            return f"{path.resolve()} ({len(files)} .txt files, {size} bytes), {self.split}"
+        return f"dataset {self.data}, {self.split}"
+
+    def fingerprint(self) -> str:
+        if self.data is None:
+            return f"default-corpus-v{CORPUS_VERSION}"
+        path = Path(self.data).expanduser()
+        h = hashlib.sha256()
+        if path.is_file():
+            _hash_file(h, path)
+        elif path.is_dir():
+            for f in sorted(p for p in path.rglob("*.txt") if p.is_file()):
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+                _hash_file(h, f)
+        else:
+            return f"dataset:{self.data}"
+        return "sha256:" + h.hexdigest()
+
+    def record(self) -> dict:
+        """{'data', 'split', 'fingerprint'}: what an artefact stores about its data."""
+        return {"data": self.name, "split": self.split, "fingerprint": self.fingerprint()}
+
+    def overlaps(self, record: dict | None) -> bool:
+        """Whether this source shares documents with the data of ``record`` (a ``record()``
+        stored by an artefact; False when it holds no fingerprint)."""
+        if not record or not record.get("fingerprint"):
+            return False
+        return record["fingerprint"] == self.fingerprint() and splits_overlap(
+            record.get("split"), self.split
+        )
+
+    def check_not_trained_on(self, trained_on: dict | None, allow: bool = False) -> None:
+        """A one-line ValueError when this source overlaps the training data ``trained_on``
+        (an SAE's record), unless ``allow``."""
+        if allow or not self.overlaps(trained_on):
+            return
+        raise ValueError(
+            f"the SAE was trained on the {trained_on['split']} split of {trained_on['data']}, "
+            f"and {self.describe()} shares documents with it: use --split heldout (split= in "
+            "Python), or --allow-train-data to score it on its training data anyway"
+        )
+
+
+def _hash_file(h, path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise ValueError(f"cannot read data file {path} ({e.strerror})") from None
 
 
 # ------------------------------------------------------------- user sources

@@ -73,3 +73,30 @@ def test_corpus_documents_are_docstrings_and_docs(tmp_path):
     docs = list(_root_documents("pkg", pkg))
     assert [s for s, _ in docs] == ["pkg/README.md", "pkg/m.py:1", "pkg/m.py:4"]
     assert corpus_path().name.startswith("default-v")
+
+
+def test_data_source_split_fingerprint_and_overlap(tmp_path):
+    from mlx_interp.data import DataSource
+
+    docs = [f"document number {i} about something" for i in range(60)]
+    f = tmp_path / "d.txt"
+    f.write_text("\n\n".join(docs))
+    train, held = DataSource(f, "train"), DataSource(f, "heldout")
+    assert list(held.documents()) == [d for d in docs if is_heldout(d)]
+    assert list(train.documents()) == [d for d in docs if not is_heldout(d)]
+    assert train.fingerprint() == held.fingerprint() == DataSource(f, "all").record()["fingerprint"]
+    rec = train.record()
+    assert rec["split"] == "train" and rec["data"] == str(f.resolve())
+    assert not held.overlaps(rec) and DataSource(f, "all").overlaps(rec) and train.overlaps(rec)
+    with pytest.raises(ValueError, match="--allow-train-data"):
+        train.check_not_trained_on(rec)
+    train.check_not_trained_on(rec, allow=True)
+    held.check_not_trained_on(rec)
+    f.write_text("\n\n".join(docs[:-1]))  # other bytes: other data
+    assert not DataSource(f, "train").overlaps(rec)
+    # the default corpus: trained on its train split, evaluated on its held-out split
+    default = DataSource(None, "train").record()
+    assert not DataSource(None, "heldout").overlaps(default)
+    assert DataSource(None, "all").overlaps(default) and not held.overlaps(default)
+    with pytest.raises(ValueError, match="split"):
+        DataSource(f, "test")

@@ -11,6 +11,7 @@ import pytest
 
 from mlx_interp import load_model
 from mlx_interp.cli import main
+from mlx_interp.data import DataSource
 from mlx_interp.features import load_feature_store
 from mlx_interp.features.monosemanticity import explanation_scores, token_classes
 from mlx_interp.features.stats import StatsConfig, UnitStats
@@ -116,8 +117,8 @@ def test_token_classes_merge_case_and_space():
 def run(setup):
     out = setup["tmp"] / "out"
     rc = main(["features", "--model", str(setup["folder"]), "--sae", str(setup["sae"]), "--data",
-               str(setup["text"]), "--out", str(out), "--tokens", "2000", "--max-features", "4",
-               "--feature", "3", "--top-k", "8"])  # fmt: skip
+               str(setup["text"]), "--split", "all", "--out", str(out), "--tokens", "2000",
+               "--max-features", "4", "--feature", "3", "--top-k", "8"])  # fmt: skip
     assert rc == 0
     return out
 
@@ -171,7 +172,7 @@ def test_html_is_escaped(run):
 
 
 def test_bad_input_is_one_line_errors(setup, tmp_path, capsys):
-    base = ["features", "--model", str(setup["folder"]), "--out", str(tmp_path / "o"), "--tokens", "500"]  # fmt: skip
+    base = ["features", "--model", str(setup["folder"]), "--out", str(tmp_path / "o"), "--tokens", "500", "--split", "all"]  # fmt: skip
     # an SAE of another hook width
     cfg = SAEConfig(d_in=160, d_sae=32, architecture="topk", k=4, hook_name=HOOK, model_name=str(setup["folder"]))  # fmt: skip
     SAE(cfg).save(tmp_path / "wide")
@@ -179,6 +180,10 @@ def test_bad_input_is_one_line_errors(setup, tmp_path, capsys):
     SAE(SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name="blocks.9.hook_resid_post")).save(tmp_path / "deep")  # fmt: skip
     SAE(SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name=HOOK, model_name="gpt2")).save(tmp_path / "other")  # fmt: skip
     (tmp_path / "empty.txt").write_text("")
+    # an SAE trained on the train split of the text: the text's documents are its training data
+    trained = DataSource(setup["text"], "train").record()
+    meta = {"dataset_path": trained["data"], "dataset_split": "train", "dataset_fingerprint": trained["fingerprint"]}  # fmt: skip
+    SAE(SAEConfig(d_in=64, d_sae=32, architecture="topk", k=4, hook_name=HOOK, model_name=str(setup["folder"]), metadata=meta)).save(tmp_path / "trained")  # fmt: skip
     cases = [
         (["--sae", str(tmp_path / "wide"), "--data", str(setup["text"])], "d_in=160"),
         (["--sae", str(tmp_path / "deep"), "--data", str(setup["text"])], "blocks.9.hook_resid_post"),
@@ -191,6 +196,11 @@ def test_bad_input_is_one_line_errors(setup, tmp_path, capsys):
         rc = main(base + extra)
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and err.count("\n") == 1, (extra, err)
+    # refused before anything is written
+    rc = main(base[:4] + [str(tmp_path / "o2"), "--split", "all", "--sae", str(tmp_path / "trained"), "--data", str(setup["text"])])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--allow-train-data" in err and err.count("\n") == 1
+    assert not (tmp_path / "o2").exists()
 
 
 # ------------------------------------------------------------------ interventions

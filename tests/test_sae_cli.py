@@ -8,6 +8,7 @@ import random
 import pytest
 
 from mlx_interp.cli import main
+from mlx_interp.data import is_heldout
 from mlx_interp.sae import SAE
 
 
@@ -41,6 +42,15 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
                 "dense_fraction", "ce_loss_recovered", "kl_div", "density_window_tokens"):  # fmt: skip
         assert key in m
     assert m["l0"] <= 4 and m["kl_div"] >= 0 and m["rows_left_out"]["position_0"] > 0
+    # trained on the train split of the file, evaluated on its held-out documents, and both say so
+    assert sae.cfg.metadata["dataset_split"] == "train"
+    assert sae.cfg.metadata["dataset_fingerprint"].startswith("sha256:")
+    assert set(sae.cfg.metadata["rows_left_out"]) == {"position_0", "special_token", "norm_outlier"}
+    assert m["data_source"]["split"] == "heldout" and not m["overlaps_training_data"]
+    assert m["data_source"]["fingerprint"] == sae.cfg.metadata["dataset_fingerprint"]
+    assert str(text_file.resolve()) in m["data"] and "held-out" in m["data"]
+    n_heldout = sum(is_heldout(d) for d in text_file.read_text().split("\n\n"))
+    assert 0 < n_heldout < 300
     assert (tmp_path / "ev" / "feature_density.png").stat().st_size > 1000
     # the torch_ref backend gives the same metrics on the same SAE
     rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
@@ -49,6 +59,20 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
     m2 = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert m2["explained_variance"] == pytest.approx(m["explained_variance"], rel=1e-4)
     assert m2["ce_loss_recovered"] == pytest.approx(m["ce_loss_recovered"], rel=1e-3, abs=1e-4)
+    # the SAE's own training documents: refused in one line, nothing written, unless allowed
+    capsys.readouterr()
+    for split in ("train", "all"):
+        rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+                   "--data", str(text_file), "--split", split, "--out", str(tmp_path / "ev3")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 2 and "--allow-train-data" in err and err.count("\n") == 1
+        assert not (tmp_path / "ev3").exists()
+    rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+               "--data", str(text_file), "--split", "train", "--allow-train-data", "--tokens", "300",
+               "--out", str(tmp_path / "ev3")])  # fmt: skip
+    m3 = json.loads((tmp_path / "ev3" / "metrics.json").read_text())
+    assert rc == 0 and m3["overlaps_training_data"] and m3["data_source"]["split"] == "train"
+    assert "shares documents" in capsys.readouterr().out
     # errors: one line, exit 2
     capsys.readouterr()
     rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
@@ -67,3 +91,26 @@ def test_train_errors(checkpoint_dir, text_file, tmp_path, capsys):
     rc = main(base + ["--hook", "blocks.0.hook_resid_post", "--d-sae", "16", "--k", "64"])
     err = capsys.readouterr().err
     assert rc == 2 and "k=64 must be between 1 and d_sae=16" in err
+
+
+def test_train_from_an_extraction_keeps_the_row_rule_and_the_data(checkpoint_dir, text_file, tmp_path, capsys):  # fmt: skip
+    model = str(checkpoint_dir("llama-gqa-untied"))
+    hook = "blocks.1.hook_resid_post"
+    acts = tmp_path / "acts"
+    assert main(["extract", "--model", model, "--hooks", hook, "--data", str(text_file),
+                 "--out", str(acts), "--max-tokens", "2048", "--context-length", "64"]) == 0  # fmt: skip
+    meta = json.loads((acts / "metadata.json").read_text())
+    assert meta["data_source"]["split"] == "train" and meta["special_token_ids"]
+    rc = main(["train-sae", "--activations", str(acts), "--hook", hook, "--arch", "topk",
+               "--expansion", "2", "--k", "4", "--tokens", "1024", "--batch-size", "256",
+               "--out", str(tmp_path / "run"), "--epochs", "2"])  # fmt: skip
+    assert rc == 0
+    sae = SAE.load(tmp_path / "run" / hook)
+    # the extraction kept every row: the trainer applied the row rule to them
+    assert sae.cfg.metadata["rows_left_out"]["position_0"] > 0
+    assert sae.cfg.metadata["dataset_fingerprint"] == meta["data_source"]["fingerprint"]
+    capsys.readouterr()
+    rc = main(["eval-sae", "--model", model, "--sae", str(tmp_path / "run" / hook),
+               "--data", str(text_file), "--split", "all"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "trained on the train split" in err

@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import distributed
+from ..data import DataSource
 from ..distributed import World
 from ..io import atomic_path, ensure_writable_dir, write_json
 from .rows import special_token_ids
@@ -52,7 +53,7 @@ def extract(
     model,
     hooks: list[str],
     out: str | Path,
-    texts: Iterable[str] | None = None,
+    texts: Iterable[str] | DataSource | None = None,
     *,
     data_id: str | None = None,
     batch_size: int = 8,
@@ -76,8 +77,10 @@ def extract(
     settings skips the windows of the listed shards and continues: no row is duplicated or
     missing. Memory: one batch plus one shard buffer (``shard_mb``).
 
-    data_id names the data for the resume check (the CLI passes the file path, size and
-    mtime; None with texts=None means the default corpus). Returns the final metadata.
+    texts: documents, or a ``mlx_interp.data.DataSource`` (None: the default corpus, train
+    split); metadata.json's ``data_source`` records a DataSource's split and fingerprint.
+    data_id names the data for the resume check (default, for a DataSource: its path, size,
+    mtime and split). Returns the final metadata.
 
     Several processes (``mlx.launch -n N -- mlx-interp extract ...``; ``world`` defaults to
     ``mlx_interp.distributed.world()``): rank r runs the batches whose index is r mod N and
@@ -90,10 +93,13 @@ def extract(
     tok = model._require_tokenizer()
     hooks = check_hooks(model, hooks)
     _position_mode(tok, positions)  # fail on a bad token before creating anything
-    if texts is None and data_id is None:
-        from ..data import CORPUS_VERSION
-
-        data_id = f"default corpus v{CORPUS_VERSION}, train split"
+    if texts is None:
+        texts = DataSource(None, "train")
+    record = {"data": data_id or "given texts", "split": None, "fingerprint": None}
+    if isinstance(texts, DataSource):
+        data_id = data_id or texts.resume_id()
+        record = texts.record()
+        texts = texts.documents()
     settings = _settings(
         model, hooks, data_id, context_length, max_tokens, positions, exclude_massive, pack
     )
@@ -114,7 +120,9 @@ def extract(
     meta = _resume_state(out, settings, progress_file, prefix)
     if meta.get("complete") and not ranked:
         return meta
-    # what the row rule needs to be applied to these rows later (sae.stream.extraction_source)
+    # recorded, not compared on resume: the data (its split and fingerprint, which the SAE
+    # trained on these rows keeps) and what the row rule needs to be applied to the rows later
+    meta.setdefault("data_source", record)
     meta.setdefault("special_token_ids", list(special_token_ids(tok)))
     dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks}
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[settings["dtype"]]
@@ -207,6 +215,7 @@ def _merge_ranks(out: Path, settings: dict, size: int) -> dict:
     import json
 
     parts = [json.loads((out / f"metadata.rank{r}.json").read_text()) for r in range(size)]
+    recorded = {k: parts[0][k] for k in ("data_source", "special_token_ids") if k in parts[0]}
     unfinished = [r for r, m in enumerate(parts) if not m.get("complete")]
     if unfinished:
         raise ValueError(f"{out}: ranks {unfinished} did not finish; rerun the same command")
@@ -217,6 +226,7 @@ def _merge_ranks(out: Path, settings: dict, size: int) -> dict:
     shards = [dict(s, rank=r) for r, m in enumerate(parts) for s in m["shards"]]
     meta = {
         **settings,
+        **recorded,
         "shards": sorted(shards, key=lambda s: (s["windows"][0], s["rank"])),
         "n_rows": sum(m["n_rows"] for m in parts),
         "windows_done": max(m["windows_done"] for m in parts),

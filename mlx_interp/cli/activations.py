@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .common import add_split
+
 
 def add_commands(sub, add_model) -> None:
     sp = sub.add_parser(
@@ -59,6 +61,7 @@ def add_commands(sub, add_model) -> None:
     sp.add_argument("--layers", help="comma-separated layers for similarity and position plots")
     sp.add_argument("--max-prompts", type=int, default=4)
     sp.add_argument("--data", help="text for the positional analyses (default: the default corpus)")
+    add_split(sp, None)  # default: all of --data; the held-out split of the default corpus
     sp.add_argument("--max-tokens", type=int, default=2048, help="tokens for positional analyses")
     sp.set_defaults(func=cmd_analyze)
 
@@ -70,12 +73,7 @@ def _add_data(sp) -> None:
         "files, a .jsonl file with a 'text' field, or a cached Hugging Face dataset name; "
         "default: the offline default corpus",
     )
-    sp.add_argument(
-        "--split",
-        default="train",
-        choices=("train", "heldout", "all"),
-        help="split of the data (by document hash; default train)",
-    )
+    add_split(sp, "train")
 
 
 def _hooks(arg: str) -> list[str]:
@@ -92,21 +90,10 @@ def _positions(arg: str) -> str | int:
 
 
 def open_data(data: str | None, split: str):
-    """(documents, data_id) for --data/--split; checks the data before anything runs."""
-    from ..data import CORPUS_VERSION, default_corpus, read_documents, split_documents
+    """The DataSource of --data/--split, checked before anything runs."""
+    from ..data import DataSource
 
-    if data is None:
-        return default_corpus(split), f"default corpus v{CORPUS_VERSION}, {split} split"
-    docs = split_documents(read_documents(data), split)
-    path = Path(data).expanduser()
-    if path.is_file():
-        st = path.stat()
-        return docs, f"{path.resolve()} ({st.st_size} bytes, mtime {st.st_mtime_ns}), {split}"
-    if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
-        size = sum(f.stat().st_size for f in files)
-        return docs, f"{path.resolve()} ({len(files)} .txt files, {size} bytes), {split}"
-    return docs, f"dataset {data}, {split}"
+    return DataSource(data, split).check()
 
 
 def cmd_extract(args) -> int:
@@ -115,7 +102,7 @@ def cmd_extract(args) -> int:
     from ..model import load_model
 
     hooks = _hooks(args.hooks)
-    docs, data_id = open_data(args.data, args.split)
+    source = open_data(args.data, args.split)
     out = Path(args.out)
     existed = out.exists()
     ensure_writable_dir(out)  # fail before loading anything
@@ -128,8 +115,7 @@ def cmd_extract(args) -> int:
             model,
             hooks,
             out,
-            docs,
-            data_id=data_id,
+            source,
             batch_size=args.batch_size,
             context_length=args.context_length,
             max_tokens=args.max_tokens,
@@ -161,7 +147,7 @@ def cmd_tokens(args) -> int:
         if not docs:
             raise ValueError("every --text is empty")
     else:
-        docs, _ = open_data(args.data, args.split)
+        docs = open_data(args.data, args.split).documents()
     if args.out:
         from ..io import ensure_writable_dir
 
@@ -239,12 +225,13 @@ def run_analysis(
 
 
 def cmd_analyze(args) -> int:
-    from ..data import read_documents
+    from ..data import DataSource
     from ..io import ensure_writable_dir
     from ..model import load_model
 
     prompts = read_prompts(args.prompts) if args.prompts else None
-    texts = list(read_documents(args.data)) if args.data else None
+    split = args.split or ("all" if args.data else "heldout")
+    texts = list(DataSource(args.data, split).check().documents())
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     ensure_writable_dir(args.out)  # fail before loading anything
     model = load_model(

@@ -14,3 +14,22 @@ class ReadOptions:
     context_length: int = option(128, "tokens per context window")
     model_batch_size: int = option(8, "context windows per forward pass")
     backend: str = option("mlx", "SAE math backend", choices=("mlx", "torch"))
+
+
+def add_split(sp, default: str | None, allow_train_data: bool = False) -> None:
+    """--split (the same document hash as the default corpus) and, for commands that score
+    an SAE, --allow-train-data. default None: all of --data, the default corpus's held-out
+    split without it."""
+    said = default or "all of --data, else the default corpus's heldout"
+    sp.add_argument(
+        "--split",
+        default=default,
+        choices=("train", "heldout", "all"),
+        help=f"which documents of the data: 1 in 20 (by a hash of its text) is held out (default {said})",
+    )
+    if allow_train_data:
+        sp.add_argument(
+            "--allow-train-data",
+            action="store_true",
+            help="score the SAE even on data that shares documents with its training data",
+        )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..features.stats import StatsConfig
 from ..options import add_options
-from .common import ReadOptions
+from .common import ReadOptions, add_split
 
 
 def add_commands(sub, add_model) -> None:
@@ -31,6 +31,7 @@ def add_commands(sub, add_model) -> None:
     add_model(sp)
     sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
     sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
+    add_split(sp, "heldout", allow_train_data=True)
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--tokens", type=int, default=100_000, help="tokens to analyse")
     add_options(sp, StatsConfig)
@@ -66,22 +67,35 @@ def run_features(
     model_name: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    allow_train_data: bool = False,
     log=print,
 ) -> dict:
     """The whole ``features`` command as a function: writes ``out`` (see the module
-    docstring), logs a summary and returns summary.json's content."""
+    docstring), logs a summary and returns summary.json's content. texts: documents or a
+    ``mlx_interp.data.DataSource`` (None: the default corpus, held-out split); one that
+    shares documents with the SAE's training data is refused, before anything is written,
+    unless ``allow_train_data``."""
     import numpy as np
 
-    from ..features.collect import compute_feature_stats, load_sae, logit_effects, vocab_strings
+    from ..data import DataSource
+    from ..features.collect import (
+        check_data_for_sae,
+        compute_feature_stats,
+        load_sae,
+        logit_effects,
+        vocab_strings,
+    )
     from ..features.compare import write_comparison
     from ..features.dashboards import write_dashboards, write_features_csv
     from ..features.store import write_store
     from ..io import ensure_writable_dir, write_json
     from ..system import peak_rss_mb
 
-    out = ensure_writable_dir(out)
     t0 = time.perf_counter()
     sae = load_sae(sae_folder, backend)
+    if isinstance(texts, DataSource):
+        check_data_for_sae(texts, sae.cfg, allow_train_data)
+    out = ensure_writable_dir(out)
     if features:
         for j in features:
             if not 0 <= j < sae.cfg.d_sae:
@@ -98,6 +112,7 @@ def run_features(
         stats_config=StatsConfig(top_k=top_k),
         model_name=model_name,
         progress=progress,
+        allow_train_data=allow_train_data,
     )
     info = r["info"]
     info["sae"] = str(sae_folder)
@@ -148,12 +163,10 @@ def cmd_features(args: argparse.Namespace) -> int:
     neurons = args.neurons
     if neurons is not None and [n.lower() for n in neurons] == ["none"]:
         neurons = []
-    texts, data_name = None, None
-    if args.data:
-        from ..data import read_documents
-
-        texts, data_name = read_documents(args.data), str(args.data)
+    from ..data import DataSource
     from ..features.collect import load_sae
+
+    texts = DataSource(args.data, args.split).check()
 
     sae_cfg = load_sae(args.sae, args.backend).cfg
     name = sae_cfg.model_name if args.ignore_model_name else str(args.model)
@@ -162,7 +175,6 @@ def cmd_features(args: argparse.Namespace) -> int:
         args.sae,
         Path(args.out),
         texts,
-        data_name=data_name,
         tokens=args.tokens,
         top_k=args.top_k,
         neuron_hooks=neurons,
@@ -174,5 +186,6 @@ def cmd_features(args: argparse.Namespace) -> int:
         model_name=name,
         seed=args.seed,
         progress=True,
+        allow_train_data=args.allow_train_data,
     )
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 from ..options import add_options, options_from_args
 from ..sae.training import TrainConfig
-from .common import ReadOptions
+from .common import ReadOptions, add_split
 
 
 def add_commands(sub, add_model) -> None:
@@ -20,6 +20,7 @@ def add_commands(sub, add_model) -> None:
         "--data", help="text file, folder of .txt or .jsonl (default: the offline corpus)"
     )
     src.add_argument("--activations", help="an `extract` folder to read activations from")
+    add_split(sp, "train")
     sp.add_argument("--epochs", type=int, default=1, help="passes over --activations")
     sp.add_argument("--out", required=True, help="output folder (a checkpoint there resumes)")
     add_options(sp, TrainConfig)
@@ -33,6 +34,7 @@ def add_commands(sub, add_model) -> None:
     add_model(sp)
     sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
     sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
+    add_split(sp, "heldout", allow_train_data=True)
     sp.add_argument("--hook", help="hook point (default: the one in the SAE's cfg.json)")
     sp.add_argument("--tokens", type=int, default=32768, help="evaluation tokens")
     sp.add_argument(
@@ -49,6 +51,7 @@ def train_saes(
     out,
     *,
     data: str | None = None,
+    split: str = "train",
     activations=None,
     epochs: int = 1,
     context_length: int = 128,
@@ -63,27 +66,37 @@ def train_saes(
     ``activations``, on an ``extract`` folder (``model`` is then not used and may be None);
     writes ``out/<hook>/`` and ``out/training.json``, logs one line per hook and returns the
     training summary. ``batch_size`` is context windows per forward pass."""
+    from ..data import DataSource
     from ..io import ensure_writable_dir
-    from ..sae.stream import extraction_source, model_source, texts_opener
+    from ..sae.stream import extraction_source, model_source
     from ..sae.training import train_sae
 
-    ensure_writable_dir(out)
+    stats: dict = {}
     if activations:
-        source = extraction_source(activations, hooks, epochs=epochs)
-        meta = {"dataset_path": str(activations)}
+        from ..activations import read_metadata
+
+        record = read_metadata(activations).get("data_source") or {}
+        source = extraction_source(activations, hooks, epochs=epochs, stats=stats)
+        meta = {"dataset_path": record.get("data", str(activations)), "activations": str(activations)}  # fmt: skip
     else:
+        data_source = DataSource(data, split).check()
+        record = data_source.record()
         for h in hooks:
             model.check_hook_name(h)
         source = model_source(
             model,
             hooks,
-            texts_opener(data),
+            data_source.documents,
             batch_size=batch_size,
             context_length=context_length,
-            stats={},
+            stats=stats,
         )
-        meta = {"dataset_path": data or "default corpus (train split)"}
-        meta["context_size"] = context_length
+        meta = {"dataset_path": record["data"], "context_size": context_length}
+    ensure_writable_dir(out)
+    # what the SAE was trained on: eval-sae and features refuse to score it on the same documents
+    meta["dataset_split"] = record.get("split")
+    meta["dataset_fingerprint"] = record.get("fingerprint")
+    meta["rows_left_out"] = stats["n_excluded"]  # filled in while training
     summary = train_sae(
         source,
         hooks,
@@ -117,11 +130,14 @@ def eval_sae(
     context_length: int = 128,
     batch_size: int = 8,
     backend: str = "mlx",
+    split: str = "heldout",
+    allow_train_data: bool = False,
     log=print,
 ) -> dict:
-    """The ``eval-sae`` command as a function: the SAE's metrics on ``data`` (None: the
-    default corpus, held-out split), written as ``metrics.json`` and the density histogram
-    into ``out`` (default: the SAE folder) and printed; returns the metrics."""
+    """The ``eval-sae`` command as a function: the SAE's metrics on the ``split`` of ``data``
+    (None: the default corpus), written as ``metrics.json`` and the density histogram
+    into ``out`` (default: the SAE folder) and printed; returns the metrics. Refuses data
+    that shares documents with the SAE's training data unless ``allow_train_data``."""
     from pathlib import Path
 
     from ..sae.eval import evaluate_sae, print_report, write_report
@@ -135,6 +151,8 @@ def eval_sae(
         context_length=context_length,
         batch_size=batch_size,
         backend=backend,
+        split=split,
+        allow_train_data=allow_train_data,
     )
     print_report(report)
     paths = write_report(Path(out or sae_folder), report, density)
@@ -161,6 +179,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         tc,
         args.out,
         data=args.data,
+        split=args.split,
         activations=args.activations,
         epochs=args.epochs,
         context_length=args.context_length,
@@ -183,6 +202,8 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
         args.sae,
         args.out,
         data=args.data,
+        split=args.split,
+        allow_train_data=args.allow_train_data,
         hook=args.hook,
         tokens=args.tokens,
         context_length=args.context_length,

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
+from ..data import DataSource
+from ..sae.config import trained_on
 from .stats import StatsConfig, UnitStats
 
 
@@ -74,6 +76,11 @@ def check_sae_for_model(sae_cfg, model, hook: str | None = None, model_name: str
     return hook
 
 
+def check_data_for_sae(source: DataSource, sae_cfg, allow_train_data: bool = False) -> None:
+    """A one-line ValueError when ``source`` shares documents with the SAE's training data."""
+    source.check().check_not_trained_on(trained_on(sae_cfg), allow_train_data)
+
+
 def hook_width(model, hook: str) -> int:
     from ..activations.store import _hook_shape
 
@@ -125,7 +132,7 @@ def logit_effects(model, directions: np.ndarray, top: int = 10, chunk: int = 256
 def compute_feature_stats(
     model,
     sae,
-    texts: Iterable[str] | None = None,
+    texts: Iterable[str] | DataSource | None = None,
     *,
     tokens: int = 100_000,
     neuron_hooks: list[str] | None = None,
@@ -137,8 +144,11 @@ def compute_feature_stats(
     massive_factor: float = MASSIVE_FACTOR,
     model_name: str | None = None,
     progress: bool = False,
+    allow_train_data: bool = False,
 ) -> dict:
-    """One pass over ``texts`` (None: the default corpus, held-out split).
+    """One pass over ``texts``: documents, or a ``mlx_interp.data.DataSource`` (None: the
+    default corpus, held-out split). A DataSource that shares documents with the SAE's
+    training data raises a one-line ValueError unless ``allow_train_data``.
 
     Returns {"sae": UnitStats, "neurons": {hook: UnitStats}, "info": {...}}. neuron_hooks:
     baselines counted on the same rows (None: ``default_neuron_hooks``; [] for none).
@@ -147,6 +157,13 @@ def compute_feature_stats(
     from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
 
     sae = load_sae(sae, backend)
+    if texts is None:
+        texts = DataSource(None, "heldout")
+    data_name, data_record = "given texts", None
+    if isinstance(texts, DataSource):
+        check_data_for_sae(texts, sae.cfg, allow_train_data)
+        data_name, data_record = texts.describe(), texts.record()
+        texts = texts.documents()
     hook = check_sae_for_model(sae.cfg, model, hook, model_name)
     width = hook_width(model, hook)
     if width != sae.cfg.d_in:
@@ -157,11 +174,6 @@ def compute_feature_stats(
         model.check_hook_name(h)
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
-    data_name = "given texts"
-    if texts is None:
-        from ..data import default_corpus
-
-        texts, data_name = default_corpus("heldout"), "default corpus (held-out split)"
     tok = model._require_tokenizer()
     V = max(len(tok), model.cfg.d_vocab)
     cfg = stats_config or StatsConfig()
@@ -222,6 +234,8 @@ def compute_feature_stats(
         "k": sae.cfg.k,
         "backend": backend,
         "data": data_name,
+        "data_source": data_record,
+        "trained_on": trained_on(sae.cfg),
         "tokens_requested": tokens,
         "tokens_counted": acc.n_tokens,
         "left_out": left_out,

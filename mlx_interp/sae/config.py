@@ -158,6 +158,19 @@ class SAEConfig:
         )
 
 
+def trained_on(cfg) -> dict | None:
+    """What an SAE was trained on, from its cfg.json (``DataSource.record()``'s keys), or
+    None for an SAE folder that does not say (trained elsewhere, or before this was kept)."""
+    meta = cfg.metadata or {}
+    if not meta.get("dataset_fingerprint"):
+        return None
+    return {
+        "data": meta.get("dataset_path"),
+        "split": meta.get("dataset_split"),
+        "fingerprint": meta["dataset_fingerprint"],
+    }
+
+
 def weight_names(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """The tensors of a SAELens file for this config, with their shapes."""
     shapes = {

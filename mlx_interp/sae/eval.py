@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
+from .config import trained_on
 from .metrics import MetricAccumulator, log10_density_histogram
 
 
@@ -60,20 +61,31 @@ def evaluate_sae(
     batch_size: int = 8,
     backend: str = "mlx",
     massive_factor: float = MASSIVE_FACTOR,
+    split: str = "heldout",
+    allow_train_data: bool = False,
 ) -> tuple[dict, np.ndarray]:
-    """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density)."""
+    """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density).
+
+    data, split: the documents (``mlx_interp.data.DataSource``; None: the default corpus),
+    held-out split by default. Data that shares documents with what the SAE was trained
+    on (same fingerprint, overlapping split; ``trained_on``) raises a one-line ValueError
+    unless ``allow_train_data``.
+    """
     import mlx.core as mx
 
     from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
     from ..activations.windows import PAD, iter_windows
-    from .stream import texts_opener
+    from ..data import DataSource
 
+    source = DataSource(data, split).check()
     sae, run = _load(sae_folder, backend)
+    trained = trained_on(sae.cfg)
+    source.check_not_trained_on(trained, allow_train_data)
     hook = hook or sae.cfg.hook_name
     if hook is None:
         raise ValueError("the SAE's cfg.json names no hook point; give --hook")
     model.check_hook_name(hook)
-    texts = texts_opener(data)() if data else _heldout()
+    texts = source.documents()
     tok = model._require_tokenizer()
     acc = MetricAccumulator(sae.cfg.d_sae)
     acc_massive = MetricAccumulator(sae.cfg.d_sae)
@@ -136,7 +148,10 @@ def evaluate_sae(
         "d_sae": sae.cfg.d_sae,
         "k": sae.cfg.k,
         "backend": backend,
-        "data": data or "default corpus (held-out split)",
+        "data": source.describe(),
+        "data_source": source.record(),
+        "trained_on": trained,
+        "overlaps_training_data": source.overlaps(trained),
         "context_length": context_length,
         **acc.result(),
         "ce_loss_clean": ce["clean"] / n_pred,
@@ -156,17 +171,15 @@ def evaluate_sae(
     return report, acc.density()
 
 
-def _heldout():
-    from ..data import default_corpus
-
-    return default_corpus("heldout")
-
-
 def print_report(r: dict) -> None:
     print(
         f"SAE {r['sae']}  ({r['architecture']}, d_sae={r['d_sae']}, hook {r['hook']}, {r['backend']})"
     )
     print(f"  evaluated on {r['n_rows']} tokens of {r['data']}")
+    if r.get("overlaps_training_data"):
+        print(
+            "  note: this data shares documents with the SAE's training data (--allow-train-data)"
+        )
     for key, label in [
         ("l0", "L0"),
         ("explained_variance", "explained variance"),

@@ -17,17 +17,6 @@ from ..activations.rows import MASSIVE_FACTOR, RowFilter, add_counts, row_norms,
 from .buffer import check_finite
 
 
-def texts_opener(data: str | None) -> Callable[[], Iterable[str]]:
-    """A function returning a fresh iterator over the documents (None: the default corpus,
-    train split); the source is checked once, here."""
-    from ..data import default_corpus, read_documents
-
-    if data is None:
-        return lambda: default_corpus("train")
-    read_documents(data)  # fail now with a one-line error on a bad path
-    return lambda: read_documents(data)
-
-
 def model_source(
     model,
     hooks: list[str],
