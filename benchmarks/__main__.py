@@ -188,6 +188,11 @@ def markdown(result: dict) -> str:
     first, last = sc["rows"][0], sc["rows"][-1]
     out += ["", f"From {first['tokens']} to {last['tokens']} tokens ({last['tokens'] / first['tokens']:.0f}x): "
             f"time x{last['seconds'] / first['seconds']:.1f}, peak memory x{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}.", ""]  # fmt: skip
+    if "compare" in result:
+        from benchmarks.bench_compare import format_tables
+
+        out += ["## Against the alternatives (interleaved rounds, `python -m benchmarks.bench_compare`)",
+                "", format_tables(result["compare"]), ""]  # fmt: skip
     return "\n".join(out)
 
 
@@ -197,7 +202,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="CI-sized: small inputs, few repeats")
     p.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json")
-    p.add_argument("--only", default="forward,sae,plots,scaling", help="comma-separated sections")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated sections: forward, sae, plots, scaling, compare (mlx-interp "
+        "against transformers, TransformerLens, SAELens); default all, without compare "
+        "with --quick",
+    )
     p.add_argument(
         "--render", metavar="JSON", help="only rewrite the Markdown table of a result JSON"
     )
@@ -214,7 +225,8 @@ def main(argv=None) -> int:
 
     out = ensure_writable_dir(a.out)
     t0 = time.perf_counter()
-    sections = set(a.only.split(","))
+    default = "forward,sae,plots,scaling" + ("" if a.quick else ",compare")
+    sections = set((a.only or default).split(","))
     print("machine and peak ...", flush=True)
     result = {"quick": a.quick, "machine": section_machine()}
     models = (
@@ -225,6 +237,12 @@ def main(argv=None) -> int:
         ("sae", lambda: section_sae(a.quick)),
         ("plots", lambda: section_plots(a.quick)),
         ("scaling", lambda: section_scaling(a.quick)),
+        (
+            "compare",
+            lambda: run_isolated(
+                "benchmarks.bench_compare", ["--json"] + (["--quick"] if a.quick else [])
+            ),
+        ),
     ]
     for name, fn in steps:
         if name in sections:

@@ -166,8 +166,8 @@ def ratio(a: dict | Timing, b: dict | Timing) -> dict:
     """Speed of a relative to b (b's median time / a's), reliable only when both are."""
     a = a.as_dict() if isinstance(a, Timing) else a
     b = b.as_dict() if isinstance(b, Timing) else b
-    whys = {(x.get("unreliable") or "") if "reliable" in x else "no load record" for x in (a, b)}
-    why = "; ".join(sorted(w for w in whys if w))
+    whys = [(x.get("unreliable") or "") if "reliable" in x else "no load record" for x in (a, b)]
+    why = "; ".join(sorted({part for w in whys for part in w.split("; ") if part}))
     return {"ratio": b["median_s"] / a["median_s"], "unreliable": why, "reliable": not why}
 
 

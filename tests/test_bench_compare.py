@@ -1,0 +1,24 @@
+"""The comparison with SAELens / transformers runs on tiny sizes and writes its tables
+(no speed is asserted); a contender that is not installed is a note, not a failure."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from benchmarks.bench_compare import format_tables, sae_training
+
+
+def test_sae_comparison_tiny_interleaved():
+    res = sae_training([64], batch=32, k=4, rounds=1)
+    names = {r["contender"] for r in res["rows"]}
+    assert {"mlx-interp (MLX)", "mlx-interp (torch)"} <= names
+    if importlib.util.find_spec("sae_lens") is not None:
+        assert "SAELens" in names, res["notes"]
+    else:
+        assert any("SAELens skipped" in n for n in res["notes"])
+    for r in res["rows"]:
+        assert r["tokens_per_s"] > 0 and len(r["load_avg"]) == 2 and "reliable" in r
+        if r["contender"] != "mlx-interp (MLX)":
+            assert set(r["mlx_speedup"]) == {"ratio", "reliable", "unreliable"}
+    text = format_tables({"sae": res})
+    assert "SAE training step" in text and "load" in text
