@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .backends import to_numpy
+
+if TYPE_CHECKING:
+    from .model import HookedModel
 
 # Relative error allowed between MLX (at the given dtype) and torch_ref in float32.
 # float32 against float32 is the contract; the half-precision rows are what rounding of
@@ -132,18 +138,27 @@ def compare_caches(
     report = ParityReport(source, dtype, n_tokens)
     for name in order:
         if name in mlx_cache and name in ref_cache:
-            a, b = _numpy(mlx_cache[name]), _numpy(ref_cache[name])
+            a, b = to_numpy(mlx_cache[name], np.float64), to_numpy(ref_cache[name], np.float64)
             report.rows.append(Row(name, tuple(b.shape), relative_error(a, b), tol["hooks"]))
     if mlx_logits is not None and ref_logits is not None:
-        b = _numpy(ref_logits)
+        b = to_numpy(ref_logits, np.float64)
         report.rows.append(
-            Row("logits", tuple(b.shape), relative_error(_numpy(mlx_logits), b), tol["logits"])
+            Row(
+                "logits",
+                tuple(b.shape),
+                relative_error(to_numpy(mlx_logits, np.float64), b),
+                tol["logits"],
+            )
         )
     return report
 
 
 def compare_backends(
-    source: str, text: str | list[str], dtype: str = "float32", mlx_model=None, ref_model=None
+    source: str,
+    text: str | list[str],
+    dtype: str = "float32",
+    mlx_model: HookedModel = None,
+    ref_model=None,
 ) -> ParityReport:
     """Run MLX (at ``dtype``) and torch_ref (float32, CPU) on the same tokens, compare all hooks."""
     import torch
@@ -162,14 +177,3 @@ def compare_backends(
     return compare_caches(
         cache, ref_cache, logits, ref_logits, model.hook_names, dtype, str(source), tokens.size
     )
-
-
-def _numpy(x) -> np.ndarray:
-    """A float64 NumPy copy of an MLX array, a torch tensor or an array-like."""
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().double().numpy()
-    if type(x).__module__.startswith("mlx"):
-        import mlx.core as mx
-
-        x = x.astype(mx.float32)  # NumPy has no bfloat16
-    return np.asarray(x, dtype=np.float64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
@@ -21,6 +22,9 @@ from ..distributed import World
 from ..io import atomic_path, ensure_writable_dir, write_json
 from .rows import special_token_ids
 from .stream import ActivationBatch, _position_mode, check_hooks, iter_activations, stop_layer_for
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 META_FILE = "metadata.json"
 
@@ -50,7 +54,7 @@ def _settings(model, hooks, data_id, context_length, max_tokens, positions, excl
 
 
 def extract(
-    model,
+    model: HookedModel,
     hooks: list[str],
     out: str | Path,
     texts: Iterable[str] | DataSource | None = None,

@@ -27,6 +27,7 @@ import difflib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
@@ -34,6 +35,9 @@ import numpy as np
 from ..model import layer_of
 from .rows import MASSIVE_FACTOR, RowFilter
 from .windows import LAST, PAD, Windows, iter_windows, resolve_token
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
 
@@ -81,7 +85,7 @@ def stop_layer_for(hooks: list[str], n_layers: int) -> int | None:
     return None if stop >= n_layers else stop
 
 
-def check_hooks(model, hooks: Iterable[str]) -> list[str]:
+def check_hooks(model: HookedModel, hooks: Iterable[str]) -> list[str]:
     """Hook names that exist and hold per-token activations (not attention patterns)."""
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     if not hooks:
@@ -96,7 +100,7 @@ def check_hooks(model, hooks: Iterable[str]) -> list[str]:
 
 
 def iter_activations(
-    model,
+    model: HookedModel,
     hooks: list[str],
     texts: Iterable[str] | None = None,
     *,

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..backends import to_numpy
 from .stream import iter_activations
 from .windows import boundary_token
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 
 @dataclass
@@ -37,7 +42,7 @@ class TokenActivations:
 
 
 def token_activations(
-    model,
+    model: HookedModel,
     token: str | int,
     texts: Iterable[str],
     hooks: Sequence[str],
@@ -71,7 +76,7 @@ def token_activations(
         pack=False,
     ):
         for h in hooks:
-            acts[h].append(_np(b.acts[h]))
+            acts[h].append(to_numpy(b.acts[h], np.float32))
         docs.append(b.doc_ids)
         pos.append(b.positions)
         token_id = int(b.token_ids[0])
@@ -92,9 +97,3 @@ def token_activations(
         positions=np.concatenate(pos),
         contexts=contexts,
     )
-
-
-def _np(x) -> np.ndarray:
-    import mlx.core as mx
-
-    return np.asarray(x.astype(mx.float32))

@@ -13,30 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# ------------------------------------------------------------ backends
-
-
-def _is_torch(model) -> bool:
-    return type(model).__module__.startswith("torch_ref")
-
-
-def _to_np(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().double().numpy()
-    import mlx.core as mx
-
-    return np.asarray(x.astype(mx.float32), dtype=np.float64)
-
-
-def _from_np(model, a: np.ndarray):
-    """A NumPy array as the model's backend array, in the model's dtype."""
-    if _is_torch(model):
-        import torch
-
-        return torch.as_tensor(np.asarray(a), device=model.device).to(model.dtype)
-    import mlx.core as mx
-
-    return mx.array(np.asarray(a, np.float32)).astype(model.dtype)
+from ..backends import HookedModelLike, from_numpy, is_torch, to_numpy
 
 
 def _tokens(model, text: str):
@@ -73,7 +50,9 @@ def mean_ablation_hook(mean):
     return hook_fn
 
 
-def mean_activations(model, hooks: Sequence[str], texts: Sequence[str]) -> dict[str, np.ndarray]:
+def mean_activations(
+    model: HookedModelLike, hooks: Sequence[str], texts: Sequence[str]
+) -> dict[str, np.ndarray]:
     """The mean activation of each hook over every token of ``texts`` but the first.
 
     Position 0 is left out: its activations are massive in many models and would set the mean.
@@ -86,7 +65,7 @@ def mean_activations(model, hooks: Sequence[str], texts: Sequence[str]) -> dict[
             continue
         _, cache = model.run_with_cache(tokens, names_filter=[_check_hook(model, h) for h in hooks])
         for h in hooks:
-            a = _to_np(cache[h])[0, 1:]
+            a = to_numpy(cache[h], np.float64)[0, 1:]
             sums[h] = sums.get(h, 0) + a.sum(0)
         count += n - 1
     if not count:
@@ -115,7 +94,7 @@ def _loss_and_logprobs(logits: np.ndarray, tokens: np.ndarray) -> tuple[float, n
 
 
 def ablation_effects(
-    model,
+    model: HookedModelLike,
     text: str,
     hooks: Sequence[str],
     kind: str = "zero",
@@ -129,14 +108,18 @@ def ablation_effects(
     tokens, n = _tokens(model, text)
     if n < 2:
         raise ValueError("the text must have at least two tokens to measure a loss")
-    tok_np = _to_np(tokens).astype(np.int64)
-    clean, clean_lp = _loss_and_logprobs(_to_np(model.run_with_hooks(tokens)), tok_np)
+    tok_np = to_numpy(tokens).astype(np.int64)
+    clean, clean_lp = _loss_and_logprobs(to_numpy(model.run_with_hooks(tokens), np.float64), tok_np)
     losses, kls = {}, {}
     for h in hooks:
         _check_hook(model, h)
-        fn = zero_ablation_hook if kind == "zero" else mean_ablation_hook(_from_np(model, means[h]))
+        fn = (
+            zero_ablation_hook
+            if kind == "zero"
+            else mean_ablation_hook(from_numpy(means[h], model))
+        )
         loss, lp = _loss_and_logprobs(
-            _to_np(model.run_with_hooks(tokens, fwd_hooks=[(h, fn)])), tok_np
+            to_numpy(model.run_with_hooks(tokens, fwd_hooks=[(h, fn)]), np.float64), tok_np
         )
         losses[h] = loss
         kls[h] = float((np.exp(clean_lp) * (clean_lp - lp)).sum(-1).mean())
@@ -164,7 +147,7 @@ class PatchingResult:
 
 
 def activation_patching(
-    model,
+    model: HookedModelLike,
     clean: str,
     corrupted: str,
     answer: str,
@@ -190,14 +173,14 @@ def activation_patching(
     names = [_check_hook(model, hook_template.format(L=L)) for L in layers]
 
     def diff(logits) -> np.ndarray:
-        last = _to_np(logits[:, -1])
+        last = to_numpy(logits[:, -1], np.float64)
         return last[:, ans] - last[:, wro]
 
     clean_logits, cache = model.run_with_cache(clean_tok, names_filter=names)
     clean_diff = float(diff(clean_logits)[0])
     corrupted_diff = float(diff(model.run_with_hooks(corr_tok))[0])
     batch = _repeat(corr_tok, n)
-    eye = _from_np(model, np.eye(n))
+    eye = from_numpy(np.eye(n), model)
     out = np.zeros((len(layers), n))
     for i, name in enumerate(names):
         src = cache[name]  # (1, pos, ...)
@@ -208,7 +191,7 @@ def activation_patching(
 
         out[i] = diff(model.run_with_hooks(batch, fwd_hooks=[(name, patch)]))
     return PatchingResult(
-        [model.tokenizer.decode([int(t)]) for t in _to_np(corr_tok)[0].astype(int)],
+        [model.tokenizer.decode([int(t)]) for t in to_numpy(corr_tok)[0].astype(int)],
         [hook_template.format(L=L).replace("blocks.", "L").split(".")[0] for L in layers],
         hook_template,
         answer,
@@ -220,7 +203,7 @@ def activation_patching(
 
 
 def _repeat(tokens, n: int):
-    if hasattr(tokens, "repeat") and hasattr(tokens, "detach"):  # torch
+    if is_torch(tokens):
         return tokens.repeat(n, 1)
     import mlx.core as mx
 
@@ -229,7 +212,7 @@ def _repeat(tokens, n: int):
 
 # ------------------------------------------------------------ steering
 def steering_vector(
-    model, hook: str, positive: Sequence[str], negative: Sequence[str]
+    model: HookedModelLike, hook: str, positive: Sequence[str], negative: Sequence[str]
 ) -> np.ndarray:
     """Mean activation at ``hook`` over the positive texts minus over the negative ones.
 
@@ -241,9 +224,9 @@ def steering_vector(
     return pos - neg
 
 
-def steering_hook(model, vector: np.ndarray, coeff: float = 1.0):
+def steering_hook(model: HookedModelLike, vector: np.ndarray, coeff: float = 1.0):
     """A hook adding ``coeff * vector`` at every position."""
-    v = _from_np(model, coeff * np.asarray(vector))
+    v = from_numpy(coeff * np.asarray(vector), model)
 
     def hook_fn(x, hook):
         return x + v
@@ -252,7 +235,7 @@ def steering_hook(model, vector: np.ndarray, coeff: float = 1.0):
 
 
 def steer(
-    model,
+    model: HookedModelLike,
     prompt: str,
     hook: str,
     vector: np.ndarray,

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR, over_median
+from ..backends import to_numpy
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 DEFAULT_GROUPS: dict[str, list[str]] = {
     "animals": [" dog", " cat", " horse", " cow", " lion", " rabbit", " sheep", " tiger"],
@@ -29,10 +34,6 @@ DEFAULT_TEMPLATES = [
     "There was a picture of the{} on the wall.",
     "We talked about the{} for a while.",
 ]
-
-
-def _np(x) -> np.ndarray:
-    return np.asarray(x.astype(mx.float32)) if isinstance(x, mx.array) else np.asarray(x)
 
 
 def resid_names(n_layers: int) -> list[str]:
@@ -74,7 +75,7 @@ class NeuronActivations:
 
 
 def top_neurons(
-    model, text: str, hook: str, k: int = 20, skip_first: bool = True
+    model: HookedModel, text: str, hook: str, k: int = 20, skip_first: bool = True
 ) -> NeuronActivations:
     """The k neurons of ``hook`` with the largest |activation| on any token of ``text``.
 
@@ -87,7 +88,7 @@ def top_neurons(
 
     stop = stop_layer_for([hook], model.cfg.n_layers)
     _, cache = model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=stop)
-    acts = _np(cache[hook][0]).reshape(tokens.shape[1], -1)
+    acts = to_numpy(cache[hook][0], np.float32).reshape(tokens.shape[1], -1)
     ranked = acts[1:] if skip_first and len(acts) > 1 else acts
     k = min(k, acts.shape[1])
     order = np.argsort(-np.abs(ranked).max(axis=0), kind="stable")[:k]
@@ -107,7 +108,7 @@ class TokenSimilarity:
     massive: np.ndarray  # (n_layers_chosen, pos) bool
 
 
-def token_similarity(model, text: str, layers: Sequence[int]) -> TokenSimilarity:
+def token_similarity(model: HookedModel, text: str, layers: Sequence[int]) -> TokenSimilarity:
     """Cosine similarity between the tokens of ``text`` after each block in ``layers``.
 
     Layer -1 is the embeddings. ``massive`` flags position 0 and massive-norm positions.
@@ -120,7 +121,7 @@ def token_similarity(model, text: str, layers: Sequence[int]) -> TokenSimilarity
     tokens = model.to_tokens(text)
     stop = min(model.cfg.n_layers, max(layers) + 1)
     _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=stop)
-    acts = [_np(cache[n][0]) for n in names]
+    acts = [to_numpy(cache[n][0], np.float32) for n in names]
     norms = np.stack([np.linalg.norm(a, axis=-1) for a in acts])
     return TokenSimilarity(
         model.to_str_tokens(tokens[0]),
@@ -161,7 +162,7 @@ class LogitLens:
         return rows
 
 
-def logit_lens(model, text: str, k: int = 5) -> LogitLens:
+def logit_lens(model: HookedModel, text: str, k: int = 5) -> LogitLens:
     """Top-k next-token predictions of every layer at every position of ``text``."""
     n = model.cfg.n_layers
     names = resid_names(n)
@@ -214,7 +215,7 @@ class SemanticSimilarity:
 
 
 def semantic_similarity(
-    model,
+    model: HookedModel,
     groups: dict[str, list[str]] | None = None,
     templates: Sequence[str] | None = None,
 ) -> SemanticSimilarity:
@@ -246,8 +247,10 @@ def semantic_similarity(
     )
     rows = mx.arange(len(texts))
     pos = mx.array(idx)
-    acts = np.stack([_np(cache[nm][rows, pos]) for nm in names])  # (L, T*W, d)
-    all_norms = np.stack([_np(mx.linalg.norm(cache[nm], axis=-1)) for nm in names])  # (L, T*W, pos)
+    acts = np.stack([to_numpy(cache[nm][rows, pos], np.float32) for nm in names])  # (L, T*W, d)
+    all_norms = np.stack(
+        [to_numpy(mx.linalg.norm(cache[nm], axis=-1), np.float32) for nm in names]
+    )  # (L, T*W, pos)
     if mask is not None:
         all_norms = np.where(np.asarray(mask)[None] > 0, all_norms, np.nan)
     med = np.nanmedian(all_norms, axis=-1)
@@ -287,7 +290,7 @@ class PositionNorms:
 
 
 def position_norms(
-    model,
+    model: HookedModel,
     texts: Iterable[str] | None = None,
     layers: Sequence[int] | None = None,
     context_length: int = 64,
@@ -317,7 +320,9 @@ def position_norms(
         max_tokens=max_tokens,
     ):
         for i, nm in enumerate(names):
-            norms[i].append(_np(mx.linalg.norm(b.acts[nm].astype(mx.float32), axis=-1)))
+            norms[i].append(
+                to_numpy(mx.linalg.norm(b.acts[nm].astype(mx.float32), axis=-1), np.float32)
+            )
         positions.append(b.positions)
     pos = np.concatenate(positions)
     N = np.stack([np.concatenate(x) for x in norms])  # (L, rows)
@@ -349,7 +354,7 @@ class SameTokenPositions:
 
 
 def same_token_positions(
-    model,
+    model: HookedModel,
     token: str | int = " the",
     texts: Iterable[str] | None = None,
     layers: Sequence[int] | None = None,
@@ -378,7 +383,7 @@ def same_token_positions(
         positions=token, exclude_massive=True, massive_factor=MASSIVE_FACTOR,
     ):  # fmt: skip
         for i, nm in enumerate(names):
-            acts[i].append(_np(b.acts[nm]))
+            acts[i].append(to_numpy(b.acts[nm], np.float32))
         pos.append(b.positions)
         tid = int(b.token_ids[0])
         n_excluded += sum(b.n_excluded.values())
@@ -416,12 +421,12 @@ class PositionEmbeddings:
     norms: np.ndarray  # (n_ctx,)
 
 
-def position_embeddings(model) -> PositionEmbeddings | None:
+def position_embeddings(model: HookedModel) -> PositionEmbeddings | None:
     """The structure of learned position embeddings; None for rotary models (Llama)."""
     wpe = getattr(model.model, "wpe", None)
     if wpe is None:
         return None
-    w = _np(wpe.weight).astype(np.float64)
+    w = to_numpy(wpe.weight, np.float32).astype(np.float64)
     c = w - w.mean(0)
     u, s, _ = np.linalg.svd(c, full_matrices=False)
     var = s**2 / (s**2).sum()
@@ -436,7 +441,7 @@ def _spread(n_layers: int) -> list[int]:
     return [-1, *picks]
 
 
-def residual_norms(model, text: str) -> tuple[list[str], np.ndarray]:
+def residual_norms(model: HookedModel, text: str) -> tuple[list[str], np.ndarray]:
     """Norms of the residual stream: (str_tokens, norms (n_layers + 1, pos)).
 
     Row 0 is the embedding (blocks.0.hook_resid_pre), row L + 1 is blocks.L.hook_resid_post.

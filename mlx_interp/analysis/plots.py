@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 matplotlib.use("Agg")  # files only; no display on servers or in tests
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,7 +40,9 @@ def token_labels(str_tokens: list[str]) -> list[str]:
     return [repr(t)[1:-1].replace(" ", "·") for t in str_tokens]
 
 
-def residual_norm_heatmap(model, text: str, path: str | Path, title: str | None = None) -> Path:
+def residual_norm_heatmap(
+    model: HookedModel, text: str, path: str | Path, title: str | None = None
+) -> Path:
     """Heatmap of residual-stream norms, tokens × layers, on a log colour scale.
 
     A log scale, because a few positions (the first token, separators) carry norms

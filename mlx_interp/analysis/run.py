@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,9 +20,12 @@ from .measures import (
     top_neurons,
 )
 
+if TYPE_CHECKING:
+    from ..model import HookedModel
+
 
 def run_all(
-    model,
+    model: HookedModel,
     prompts: Sequence[str],
     out,
     texts: Iterable[str] | None = None,

@@ -13,13 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
+from ..backends import is_torch, to_numpy
 from ..data import DataSource
 from ..sae.config import trained_on
 from .stats import StatsConfig, UnitStats
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 
 # ------------------------------------------------------------------ the SAE and its checks
@@ -41,22 +46,24 @@ def load_sae(sae, backend: str = "mlx"):
 
 def encoder(sae):
     """NumPy (rows, d_in) float32 -> NumPy (rows, d_sae) latents, in the SAE's backend."""
-    if type(sae).__module__.startswith("torch_ref"):
+    if is_torch(sae):
         import torch
 
         def run(x):
-            return sae.encode(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+            return to_numpy(sae.encode(torch.from_numpy(np.ascontiguousarray(x, np.float32))))
 
         return run
     import mlx.core as mx
 
     def run(x):
-        return np.asarray(sae.encode(mx.array(x)))
+        return to_numpy(sae.encode(mx.array(x)))
 
     return run
 
 
-def check_sae_for_model(sae_cfg, model, hook: str | None = None, model_name: str | None = None):
+def check_sae_for_model(
+    sae_cfg, model: HookedModel, hook: str | None = None, model_name: str | None = None
+):
     """The hook to read; one-line errors for an SAE of another hook, width or model."""
     hook = hook or sae_cfg.hook_name
     if hook is None:
@@ -81,13 +88,13 @@ def check_data_for_sae(source: DataSource, sae_cfg, allow_train_data: bool = Fal
     source.check().check_not_trained_on(trained_on(sae_cfg), allow_train_data)
 
 
-def hook_width(model, hook: str) -> int:
+def hook_width(model: HookedModel, hook: str) -> int:
     from ..activations.store import _hook_shape
 
     return int(np.prod(_hook_shape(model, hook)))
 
 
-def default_neuron_hooks(hook: str, model) -> list[str]:
+def default_neuron_hooks(hook: str, model: HookedModel) -> list[str]:
     """The baselines: the SAE's own hook (its basis) and the MLP neurons of the same layer."""
     from ..model import layer_of
 
@@ -104,7 +111,7 @@ def vocab_strings(tokenizer, size: int) -> list[str]:
 
 
 # ------------------------------------------------------------------ logit effects
-def logit_effects(model, directions: np.ndarray, top: int = 10, chunk: int = 256):
+def logit_effects(model: HookedModel, directions: np.ndarray, top: int = 10, chunk: int = 256):
     """Tokens each direction most promotes and suppresses through the final norm and the
     unembedding: effect = unembed(d) - unembed(0) (ranks as the direct path d -> logits).
 
@@ -130,7 +137,7 @@ def logit_effects(model, directions: np.ndarray, top: int = 10, chunk: int = 256
 
 # ------------------------------------------------------------------ the pass
 def compute_feature_stats(
-    model,
+    model: HookedModel,
     sae,
     texts: Iterable[str] | DataSource | None = None,
     *,

@@ -21,18 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis.interventions import _check_hook, _from_np, _is_torch, _loss_and_logprobs, _to_np
+from ..analysis.interventions import _check_hook, _loss_and_logprobs
+from ..backends import HookedModelLike, backend_of, from_numpy, is_torch, to_numpy
 
 
-def sae_for_model(model, sae):
+def sae_for_model(model: HookedModelLike, sae):
     """The SAE in the model's backend: a folder is loaded there; an object must match."""
     from .collect import load_sae
 
-    backend = "torch" if _is_torch(model) else "mlx"
+    backend = backend_of(model)
     sae = load_sae(sae, backend)
-    if _is_torch(model) != type(sae).__module__.startswith("torch_ref"):
+    if backend_of(sae) != backend:
         raise ValueError(
-            f"the SAE is a {type(sae).__module__} object but the model runs in {backend}; "
+            f"the SAE is a {backend_of(sae)} object but the model runs in {backend}; "
             "pass the SAE folder and it is loaded in the model's backend"
         )
     return sae
@@ -48,29 +49,29 @@ def _check(model, sae, feature: int) -> str:
     return _check_hook(model, sae.cfg.hook_name)
 
 
-def feature_hook(model, sae, feature: int, mode: str = "add", value: float = 1.0):
+def feature_hook(model: HookedModelLike, sae, feature: int, mode: str = "add", value: float = 1.0):
     """A forward hook for ``sae.cfg.hook_name`` that adds or clamps ``feature``."""
     if mode not in ("add", "clamp"):
         raise ValueError(f"mode must be 'add' or 'clamp', not {mode!r}")
     j = int(feature)
-    d = _from_np(model, np.asarray(sae.numpy_params()["W_dec"][j], np.float32))
+    d = from_numpy(np.asarray(sae.numpy_params()["W_dec"][j], np.float32), model)
 
     def hook_fn(x, hook):
         n = x.shape[1]
         keep0 = np.ones((1, n, 1), np.float32)
         keep0[:, 0] = 0
-        m = _from_np(model, keep0)
+        m = from_numpy(keep0, model)
         if mode == "add":
             return x + m * (value * d)
         f = sae.encode(x)[..., j : j + 1]
-        f = f.to(x.dtype) if _is_torch(model) else f.astype(x.dtype)
+        f = f.to(x.dtype) if is_torch(model) else f.astype(x.dtype)
         return x + m * ((value - f) * d)
 
     return hook_fn
 
 
 def steer_feature(
-    model,
+    model: HookedModelLike,
     sae,
     prompt: str,
     feature: int,
@@ -106,7 +107,9 @@ class FeatureAblationResult:
         return self.ablated_loss[feature] - self.clean_loss
 
 
-def feature_ablation(model, sae, text: str, features: Sequence[int]) -> FeatureAblationResult:
+def feature_ablation(
+    model: HookedModelLike, sae, text: str, features: Sequence[int]
+) -> FeatureAblationResult:
     """Ablate each feature in turn (clamp to 0) and measure the next-token loss on ``text``."""
     sae = sae_for_model(model, sae)
     if isinstance(features, (int, np.integer)):
@@ -119,14 +122,14 @@ def feature_ablation(model, sae, text: str, features: Sequence[int]) -> FeatureA
     tokens = model.to_tokens(text)
     if int(tokens.shape[1]) < 2:
         raise ValueError("the text must have at least two tokens to measure a loss")
-    tok_np = _to_np(tokens).astype(np.int64)
+    tok_np = to_numpy(tokens).astype(np.int64)
     logits, cache = model.run_with_cache(tokens, names_filter=[hook])
-    clean, clean_lp = _loss_and_logprobs(_to_np(logits), tok_np)
-    f = _to_np(sae.encode(cache[hook]))[0, 1:]
+    clean, clean_lp = _loss_and_logprobs(to_numpy(logits, np.float64), tok_np)
+    f = to_numpy(sae.encode(cache[hook]), np.float64)[0, 1:]
     losses, kls, active = {}, {}, {}
     for j in features:
         fn = feature_hook(model, sae, j, "clamp", 0.0)
-        loss, lp = _loss_and_logprobs(_to_np(model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)])), tok_np)  # fmt: skip
+        loss, lp = _loss_and_logprobs(to_numpy(model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)]), np.float64), tok_np)  # fmt: skip
         losses[int(j)] = loss
         kls[int(j)] = float((np.exp(clean_lp) * (clean_lp - lp)).sum(-1).mean())
         active[int(j)] = int((f[:, int(j)] > 0).sum())

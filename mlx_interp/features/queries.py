@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .collect import check_sae_for_model, encoder, load_sae
 from .store import FeatureStore
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 
 def token_id(store: FeatureStore, token) -> int:
@@ -55,7 +60,7 @@ def features_for_token(store: FeatureStore, token, top: int = 20, min_count: int
     ]
 
 
-def features_for_text(model, sae, text: str, top: int = 5, store: FeatureStore | None = None) -> list[dict]:  # fmt: skip
+def features_for_text(model: HookedModel, sae, text: str, top: int = 5, store: FeatureStore | None = None) -> list[dict]:  # fmt: skip
     """Per token of ``text``: its top active features (index, activation[, top tokens])."""
     import mlx.core as mx
 

@@ -9,12 +9,16 @@ unchanged, so the clean activation is the one the SAE would see).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
 from .config import trained_on
 from .metrics import MetricAccumulator, log10_density_histogram
+
+if TYPE_CHECKING:
+    from ..model import HookedModel
 
 
 def _load(folder, backend: str):
@@ -53,7 +57,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 def evaluate_sae(
     sae_folder,
-    model,
+    model: HookedModel,
     data: str | None = None,
     hook: str | None = None,
     tokens: int = 32768,

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR, RowFilter, add_counts, row_norms, zero_counts
 from .buffer import check_finite
 
+if TYPE_CHECKING:
+    from ..model import HookedModel
+
 
 def model_source(
-    model,
+    model: HookedModel,
     hooks: list[str],
     texts: Callable[[], Iterable[str]],
     *,
