@@ -76,6 +76,64 @@ class World:
 
         self._run(lambda: mx.distributed.all_sum(mx.array([1.0]), group=self.group), what)
 
+    def merge_streams(self, items, dims: dict[str, int], header_len: int):
+        """Every rank's stream merged, on every rank, into one stream in index order.
+
+        items: this rank's iterator of ``(index, header, {name: (n, dims[name]) float32
+        array})`` with increasing ``index`` (e.g. the global batch number) and a tuple of
+        ``header_len`` integers. Yields ``(index, header, arrays)`` of every rank in
+        increasing index order: what one process reading every batch would see. Each round
+        moves one item per rank with two ``all_gather`` calls (the headers, then the rows
+        padded to the longest).
+        """
+        if self.size == 1:
+            yield from items
+            return
+        import mlx.core as mx
+        import numpy as np
+
+        names, width = list(dims), sum(dims.values())
+        it = iter(items)
+        pending: list[tuple] = []  # received, not yet handed out
+        latest = [-1.0] * self.size  # the last index each rank sent (inf when it is done)
+        while True:
+            item = next(it, None) if latest[self.rank] != float("inf") else None
+            if item is None:
+                head, rows = [0] * (3 + header_len), np.zeros((0, width), np.float32)
+            else:
+                index, header, arrays = item
+                rows = np.concatenate([arrays[n].reshape(len(arrays[n]), -1) for n in names], 1)
+                head = [1, int(index), len(rows), *map(int, header)]
+            heads = np.asarray(
+                self._run(
+                    lambda h=head: mx.distributed.all_gather(mx.array([h], mx.int64)), "merge"
+                )
+            )
+            if not heads[:, 0].any():
+                break
+            longest = int(heads[:, 2].max())
+            pad = np.zeros((max(longest, 1), width), np.float32)
+            pad[: len(rows)] = rows
+            every = np.asarray(
+                self._run(lambda a=pad: mx.distributed.all_gather(mx.array(a)), "merge")
+            )
+            step = max(longest, 1)
+            for r, h in enumerate(heads):
+                if not h[0]:
+                    latest[r] = float("inf")
+                    continue
+                latest[r] = float(h[1])
+                block = every[r * step : r * step + int(h[2])]
+                cols, start = {}, 0
+                for n in names:
+                    cols[n], start = block[:, start : start + dims[n]], start + dims[n]
+                pending.append((int(h[1]), tuple(int(v) for v in h[3:]), cols))
+            pending.sort(key=lambda t: t[0])
+            ready = min(latest)
+            while pending and pending[0][0] <= ready:
+                yield pending.pop(0)
+        yield from pending
+
     def _run(self, fn, what: str = "a collective operation"):
         """Evaluate ``fn()`` with a time limit: a dead rank must not hang the others for ever."""
         import mlx.core as mx

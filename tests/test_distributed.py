@@ -199,3 +199,29 @@ def test_batch_size_not_divisible_is_refused(tmp_path):
     r = launch(script, tmp_path)
     assert "not divisible by the 2 ranks" in r.stderr
     assert not (tmp_path / "x" / "training.json").exists()
+
+
+def test_two_ranks_train_from_the_model_like_one(checkpoint_dir, tmp_path):
+    """train-sae streaming from the model: the ranks share out the forward passes and
+    exchange rows; the SAE equals a one-process run's (weights within 1e-5)."""
+    ckpt = str(checkpoint_dir("llama-gqa-untied"))
+    data = tmp_path / "docs.txt"
+    data.write_text("\n\n".join(TEXTS * 12))
+    args = ["train-sae", "--model", ckpt, "--hook", "blocks.1.hook_resid_post", "--data",
+            str(data), "--d-sae", "128", "--k", "8", "--tokens", "2048", "--batch-size", "128",
+            "--lr", "1e-3", "--lr-warmup-steps", "2", "--model-batch-size", "4",
+            "--context-length", "16", "--buffer-rows", "1024", "--log-every", "4"]  # fmt: skip
+    script = "import sys\nfrom mlx_interp.cli import main\nsys.exit(main({args!r}))\n"
+    from mlx_interp.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    r = launch(script.format(args=[*args, "--out", str(tmp_path / "two")]), tmp_path)
+    hook = "blocks.1.hook_resid_post"
+    assert (tmp_path / "two" / hook / "sae_weights.safetensors").exists(), r.stderr[-3000:]
+    from safetensors.numpy import load_file
+
+    w1 = load_file(str(tmp_path / "one" / hook / "sae_weights.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / hook / "sae_weights.safetensors"))
+    for k in w1:
+        err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
+        assert err < 1e-5, (k, err)

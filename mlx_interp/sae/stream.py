@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..activations.rows import MASSIVE_FACTOR, RowFilter, add_counts, row_norms, zero_counts
+from .. import distributed
+from ..activations.rows import (
+    COUNTERS,
+    MASSIVE_FACTOR,
+    RowFilter,
+    add_counts,
+    row_norms,
+    zero_counts,
+)
+from ..distributed import World
 from .buffer import check_finite
 
 if TYPE_CHECKING:
@@ -30,19 +39,29 @@ def model_source(
     context_length: int = 128,
     massive_factor: float = MASSIVE_FACTOR,
     stats: dict | None = None,
+    world: World | None = None,
 ):
     """Stream rows from ``model`` at ``hooks``; the row rule (``activations.rows``: position 0,
     special tokens and rows with a norm over ``massive_factor`` x the batch median at any
-    hook) leaves rows out, counted in ``stats['n_excluded']``."""
+    hook) leaves rows out, counted in ``stats['n_excluded']``.
+
+    Several ranks (``world``, default ``mlx_interp.distributed.world()``): rank r runs the
+    model on batches r, r + N, ... only, and the ranks exchange their rows, so that every
+    rank sees the whole stream in the order one process would (data-parallel training
+    slices each global batch from it) while the forward passes are shared out.
+    """
     from ..activations import check_hooks, iter_activations
+    from ..activations.store import _hook_shape
 
     check_hooks(model, hooks)
+    world = world or distributed.world()
     if stats is None:
         stats = {}
     stats.setdefault("n_excluded", zero_counts())
     stats.setdefault("rows", 0)
+    dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks} if world.size > 1 else {}
 
-    def open_at(cursor: int):
+    def own_batches(cursor: int):
         for batch in iter_activations(
             model,
             hooks,
@@ -52,12 +71,19 @@ def model_source(
             exclude_massive=True,
             massive_factor=massive_factor,
             start_window=cursor,
+            shard=(world.rank, world.size),
         ):
             chunk = {h: np.asarray(batch.acts[h], dtype=np.float32) for h in hooks}
             check_finite(chunk)
-            add_counts(stats["n_excluded"], batch.n_excluded)
-            stats["rows"] += batch.n_rows
-            yield batch.first_window + len(batch.windows), chunk
+            counts = [batch.n_excluded.get(k, 0) for k in COUNTERS]
+            header = (batch.first_window + len(batch.windows), *counts)
+            yield batch.first_window // batch_size, header, chunk
+
+    def open_at(cursor: int):
+        for _, header, chunk in world.merge_streams(own_batches(cursor), dims, 1 + len(COUNTERS)):
+            add_counts(stats["n_excluded"], dict(zip(COUNTERS, header[1:], strict=True)))
+            stats["rows"] += len(next(iter(chunk.values())))
+            yield header[0], chunk
 
     return open_at
 
