@@ -7,6 +7,8 @@ A run folder holds what the pipeline stages wrote (``mlx-interp demo`` makes one
     sae/        training.json and the SAE folder(s) of ``mlx-interp train-sae``
     sae_eval/   metrics.json, feature_density.png of ``mlx-interp eval-sae``
     features/   summary.json, comparison.json/.png, index.html, cards/ of ``mlx-interp features``
+    mlp/        summary.json, mlp_by_layer.png, neuron_rank_heatmap.png of ``mlx-interp mlp-analysis``
+    diff/       summary.json, diff_by_layer.png of ``mlx-interp diff``
     bench/      <machine>.md/.json of ``python -m benchmarks``
 
 Every number in the report is read from those files; a missing stage is said to be
@@ -237,6 +239,63 @@ def features_section(r: Report) -> None:
         r.figure(card, f"Feature card {card.stem.split('_')[-1]}")
 
 
+def mlp_section(r: Report) -> None:
+    """Only when the run has an ``mlp/`` folder (``mlx-interp mlp-analysis``)."""
+    m = r.run / "mlp"
+    s = _load(m / "summary.json")
+    if not s:
+        return
+    r.add("## MLP neurons across layers", "",
+          f"{s['tokens_counted']} tokens of {s['data']}, {len(s['layers'])} layers x {s['d_mlp']} neurons "
+          f"(`blocks.L.mlp.hook_post`; position 0, special tokens and massive rows left out), "
+          f"{s['tokens_per_s']:.0f} tokens/s, peak RSS {s['peak_rss_mb']:.0f} MiB.", "",
+          "| layer | mean ‖MLP out‖ | ‖MLP out‖ / ‖resid‖ | dead | dense | median purity | median entropy (bits) | median explanation |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    rows = s["by_layer"]
+    step = max(1, len(rows) // 12)
+    for row in rows[::step]:
+        r.add(f"| {row['layer']} | {_fmt(row['mlp_out_norm'])} | {_fmt(row['mlp_out_relative'])} | "
+              f"{_fmt(row['dead_fraction'])} | {_fmt(row['dense_fraction'])} | {_fmt(row['median_purity'])} | "
+              f"{_fmt(row['median_entropy_bits'])} | {_fmt(row['median_explanation'])} |")  # fmt: skip
+    r.add("")
+    r.figure(m / "mlp_by_layer.png", "MLP neurons by layer: norms, firing, monosemanticity")
+    r.figure(m / "neuron_rank_heatmap.png", "Layer x neuron rank: density and max activation")
+    per_token = m / "top_neurons_per_token.md"
+    if per_token.exists():
+        r.add(*per_token.read_text().splitlines()[:12], "")
+    r.add(f"Neuron dashboards: [{r.rel(m / 'index.html')}]({r.rel(m / 'index.html')}).", "")
+    pur = [(row["median_purity"], row["layer"]) for row in rows if row["median_purity"] is not None]
+    if pur:
+        best = max(pur)
+        r.observations.append(
+            f"MLP neurons are most monosemantic at layer {best[1]} (median top-token purity {best[0]:.2f}); "
+            f"dense neurons (density > 0.1) make up {min(x['dense_fraction'] for x in rows):.2f} to "
+            f"{max(x['dense_fraction'] for x in rows):.2f} of each layer"
+        )
+
+
+def diff_section(r: Report) -> None:
+    """Only when the run has a ``diff/`` folder (``mlx-interp diff``)."""
+    d = r.run / "diff"
+    s = _load(d / "summary.json")
+    if not s:
+        return
+    r.add("## Model diff", "")
+    md = d / "diff.md"
+    if md.exists():
+        r.add(*md.read_text().splitlines(), "")
+    r.figure(d / "diff_by_layer.png", f"{s['tuned']} against {s['base']}, per layer")
+    r.figure(d / "neuron_change_heatmap.png", "Change of each layer's MLP neurons, by rank")
+    fd = s.get("first_difference")
+    r.observations.append(
+        f"{s['tuned']} first departs from {s['base']} at {fd['hook']} (relative difference "
+        f"{fd['rel_diff']:.3g}); its MLP output changes most at layer {s['most_changed_mlp_layer']}, "
+        f"and the output distributions differ by {s['output_kl']:.3g} nats (KL)"
+        if fd
+        else f"{s['tuned']} and {s['base']} compute the same activations on these tokens"
+    )
+
+
 def parity_section(r: Report) -> None:
     from .parity import ParityReport, Row
 
@@ -331,8 +390,8 @@ def build_report(
     r = Report(run, out.resolve() if out.is_absolute() else (Path.cwd() / out))
     pipeline = _load(run / "pipeline.json") or {}
     r.add(f"# mlx-interp report: {pipeline.get('model', run.name)}", "")
-    for section in (setup_section, activations_section, sae_section, features_section,
-                    parity_section, bench_section, conclusions_section):  # fmt: skip
+    for section in (setup_section, activations_section, sae_section, features_section, mlp_section,
+                    diff_section, parity_section, bench_section, conclusions_section):  # fmt: skip
         section(r)
     write_text(out, "\n".join(r.lines) + "\n")
     if pdf and shutil.which("pandoc"):

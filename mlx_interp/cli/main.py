@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .features import add_commands as add_feature_commands
 
     add_feature_commands(sub, add_model)
+    # Commands of the multi-layer work register here (mlp-analysis, diff).
+    from .mlp import add_commands as add_mlp_commands
+
+    add_mlp_commands(sub, add_model)
     return p
 
 

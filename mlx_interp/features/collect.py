@@ -21,7 +21,7 @@ from ..activations.rows import MASSIVE_FACTOR
 from ..backends import is_torch, to_numpy
 from ..data import DataSource
 from ..sae.config import trained_on
-from .stats import StatsConfig, UnitStats
+from .stats import StatsConfig, UnitStats, batch_grid
 
 if TYPE_CHECKING:
     from ..model import HookedModel
@@ -203,28 +203,17 @@ def compute_feature_stats(
     ):
         import mlx.core as mx
 
-        n_win, C = batch.windows.shape
-        grid = (batch.window_ids - batch.first_window) * C + batch.positions
-        real = np.zeros(n_win * C, bool)
-        real[grid] = True
-        tok_grid = batch.windows.reshape(-1).astype(np.int64)
         x = np.asarray(batch.acts[hook].astype(mx.float32))
         if not np.all(np.isfinite(x)):
             raise ValueError(f"activations at {hook} contain NaN or inf")
-        sel = rows(batch.token_ids, batch.positions, row_norms(x))
-        keep = np.zeros(n_win * C, bool)
-        keep[grid[sel.keep]] = True
-        add_counts(left_out, sel.counts)
-        docs = np.full(n_win * C, -1, np.int64)
-        docs[grid] = batch.doc_ids
-
-        args = (tok_grid.reshape(n_win, C), keep, real, docs.reshape(n_win, C), batch.first_window)
-        acc.update(_to_grid(enc(x), grid, n_win, C), *args)
+        g = batch_grid(batch, rows, row_norms(x))
+        add_counts(left_out, g.left_out)
+        acc.update(g.to_grid(enc(x)), *g.update_args())
         for h in neuron_hooks:
             xa = x if h == hook else np.asarray(batch.acts[h].astype(mx.float32))
             if h not in neurons:
                 neurons[h] = UnitStats(xa.shape[1], V, cfg)
-            neurons[h].update(_to_grid(xa, grid, n_win, C), *args)
+            neurons[h].update(g.to_grid(xa), *g.update_args())
         n_batches += 1
     if acc.n_tokens == 0:
         raise ValueError(
@@ -255,10 +244,3 @@ def compute_feature_stats(
         "seconds": time.perf_counter() - t0,
     }
     return {"sae": acc, "neurons": neurons, "info": info, "sae_obj": sae}
-
-
-def _to_grid(rows: np.ndarray, grid: np.ndarray, n_win: int, C: int) -> np.ndarray:
-    """Rows (n_rows, d) laid out on the batch's (n_win, C) grid of positions (zeros at padding)."""
-    g = np.zeros((n_win * C, rows.shape[1]), np.float32)
-    g[grid] = rows
-    return g.reshape(n_win, C, -1)

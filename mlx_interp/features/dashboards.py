@@ -36,6 +36,14 @@ def show_token(s: str) -> str:
     return html.escape(s).replace("\n", "\u21b5\n").replace("\t", "\u2192")
 
 
+def unit_name(meta: dict, j: int | None = None) -> str:
+    """'SAE feature 12' or 'neuron 12' (a store of kind 'neurons'); without j the plural."""
+    sae = meta["kind"] == "sae"
+    if j is None:
+        return "SAE features" if sae else "Neurons"
+    return f"SAE feature {j}" if sae else f"neuron {j}"
+
+
 def _fmt(v, spec=".3g") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -75,7 +83,7 @@ def feature_card(store: FeatureStore, j: int, path) -> Path:
         bottom=0.02,
     )
     title = (
-        f"{store.meta['kind'].upper()} feature {j}  ({store.hook})   density {f['density']:.2e} "
+        f"{unit_name(store.meta, j)}  ({store.hook})   density {f['density']:.2e} "
         f"({f['fires']} of {f['n_tokens']} tokens)   max {f['max_act']:.3g}   mean when active "
         f"{f['mean_act']:.3g}\ntop-token entropy {_fmt(f['entropy'], '.2f')} bits   purity "
         f"{_fmt(f['purity'], '.2f')}   explanation score {_fmt(f['explanation'], '.2f')}"
@@ -182,7 +190,7 @@ def feature_page(store: FeatureStore, j: int, card_rel: str | None) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Feature {j}</title><style>{CSS}</style></head>
 <body><p><a href="../index.html">&larr; all features</a></p>
-<h1>{html.escape(m["kind"].upper())} feature {j}</h1>
+<h1>{html.escape(unit_name(m, j))}</h1>
 <p class="meta">{html.escape(m["model"])} &middot; {html.escape(m["hook"])} &middot; {html.escape(str(m.get("sae", "")))}
 &middot; {m["n_tokens"]} tokens of {html.escape(m["data"])}</p>
 <table class="stats">{stats}</table>
@@ -248,10 +256,10 @@ def index_page(store: FeatureStore, pages: dict[int, str], extra_html: str = "")
     )  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Features of {html.escape(m["hook"])}</title><style>{CSS}</style></head>
-<body><h1>SAE features: {html.escape(m["model"])} {html.escape(m["hook"])}</h1>
-<p class="meta">{html.escape(str(m.get("sae", "")))} ({html.escape(m["sae_architecture"])}, d_sae={m["d_sae"]})
+<body><h1>{unit_name(m)}: {html.escape(m["model"])} {html.escape(m["hook"])}</h1>
+<p class="meta">{html.escape(str(m.get("sae", "")))} ({html.escape(m["sae_architecture"])}, {"d_sae" if m["kind"] == "sae" else "units"}={m["d_sae"]})
 &middot; {m["n_tokens"]} tokens of {html.escape(m["data"])} &middot; dead {s["dead_fraction"]:.3f}, dense {s["dense_fraction"]:.4f}
-&middot; <a href="comparison.md">comparison with neurons</a> &middot; <a href="features.csv">features.csv</a></p>
+{'&middot; <a href="comparison.md">comparison with neurons</a>' if m["kind"] == "sae" else ""} &middot; <a href="features.csv">features.csv</a></p>
 {extra_html}
 <p>Search top tokens: <input id="q" placeholder="e.g. the, (, def" autofocus>
 <label><input type="checkbox" id="pages" style="width:auto"> only features with a page</label>

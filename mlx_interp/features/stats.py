@@ -39,25 +39,26 @@ class StatsConfig:
     context_left: int = 12  # tokens of context before the maximum
     context_right: int = 4  # and after
     max_pairs: int = 8_000_000  # (token, unit) pairs kept in the token table
+    compact_every: int = 4_000_000  # pending pairs that trigger a compaction of the table
 
 
 class SparseTable:
     """Sums and counts over int64 keys, appended per batch and compacted now and then."""
 
-    def __init__(self, max_pairs: int):
+    def __init__(self, max_pairs: int, compact_every: int = 4_000_000):
         self.keys = np.zeros(0, np.int64)
         self.sums = np.zeros(0, np.float64)
         self.counts = np.zeros(0, np.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._n_pending = 0
-        self.max_pairs = max_pairs
+        self.max_pairs, self.compact_every = max_pairs, compact_every
         self.pruned = 0  # pairs dropped to stay under max_pairs
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         if len(keys):
             self._pending.append((keys, values))
             self._n_pending += len(keys)
-            if self._n_pending > max(4_000_000, len(self.keys)):
+            if self._n_pending > max(self.compact_every, len(self.keys)):
                 self.compact()
 
     def compact(self) -> None:
@@ -98,7 +99,7 @@ class UnitStats:
         self.ctx_acts = np.full((n_units, K, W), np.nan, np.float32)
         # the token table, per half of the data (document parity)
         self.token_count = np.zeros((2, vocab_size), np.int64)
-        self.tables = [SparseTable(cfg.max_pairs), SparseTable(cfg.max_pairs)]
+        self.tables = [SparseTable(cfg.max_pairs, cfg.compact_every) for _ in range(2)]
         self.half_n = np.zeros(2, np.int64)
         self.half_sum = np.zeros((2, n_units), np.float64)
         self.half_sumsq = np.zeros((2, n_units), np.float64)
@@ -190,6 +191,7 @@ class UnitStats:
         return {
             "fires": self.fires,
             "sum_act": self.sum_act,
+            "sumsq_act": self.half_sumsq.sum(0),
             "fires_left_out": self.fires_left_out,
             "hist": self.hist,
             "hist_edges": HIST_EDGES,
@@ -205,3 +207,53 @@ class UnitStats:
             "pair_sums": sums.astype(np.float32),
             "pair_counts": counts.astype(np.int64),
         }
+
+
+@dataclass
+class BatchGrid:
+    """One ActivationBatch laid out on its (n_windows, C) grid of positions, with the rows
+    that count by the one row rule (``activations.rows.RowFilter``).
+
+    ``grid`` (n_rows,) is each row's index on the flattened grid; ``real``, ``keep``
+    (n_windows * C,) flag real and counted positions; ``tokens`` and ``docs`` (n_windows, C)
+    hold the token and document ids (-1 documents at padding); ``left_out`` counts each
+    reason (``rows.COUNTERS``) over this batch.
+    """
+
+    grid: np.ndarray
+    tokens: np.ndarray
+    docs: np.ndarray
+    real: np.ndarray
+    keep: np.ndarray
+    first_window: int
+    left_out: dict[str, int]
+
+    def to_grid(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (n_rows, d) -> (n_windows, C, d) on the grid (zeros at padding)."""
+        n_win, C = self.tokens.shape
+        g = np.zeros((n_win * C, rows.shape[1]), np.float32)
+        g[self.grid] = rows
+        return g.reshape(n_win, C, -1)
+
+    def update_args(self) -> tuple:
+        """The arguments of ``UnitStats.update`` after the activations."""
+        return self.tokens, self.keep, self.real, self.docs, self.first_window
+
+
+def batch_grid(batch, rows, norms: np.ndarray) -> BatchGrid:
+    """The grid of ``batch`` (an ActivationBatch of every position) and its counted rows.
+
+    rows: a ``RowFilter``; norms: the rows' norms, (n_rows,) or (n_hooks, n_rows), for its
+    norm test (``activations.rows.row_norms``).
+    """
+    n_win, C = batch.windows.shape
+    grid = (batch.window_ids - batch.first_window) * C + batch.positions
+    real = np.zeros(n_win * C, bool)
+    real[grid] = True
+    sel = rows(batch.token_ids, batch.positions, norms)
+    keep = np.zeros(n_win * C, bool)
+    keep[grid[sel.keep]] = True
+    docs = np.full(n_win * C, -1, np.int64)
+    docs[grid] = batch.doc_ids
+    tokens = batch.windows.reshape(n_win, C).astype(np.int64)
+    return BatchGrid(grid, tokens, docs.reshape(n_win, C), real, keep, batch.first_window, sel.counts)  # fmt: skip
