@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..options import option
+from .queries import token_id
 from .stats import StatsConfig, UnitStats, batch_grid
 
 
@@ -257,7 +258,7 @@ def neurons_for_token(out_or_stores, token, top: int = 8, min_count: int = 5) ->
     )
     rows = []
     for L, s in stores.items():
-        t = s.token_id(token)
+        t = token_id(s, token)
         a = s.arrays
         n_t = int(a["token_count"][t])
         if n_t < min_count:
@@ -329,7 +330,7 @@ def top_neurons_per_token(stores: dict, cfg: MLPConfig, tokens=()) -> list[dict]
     top neurons over all layers (``neurons_for_token``)."""
     first = next(iter(stores.values()))
     counts = first.arrays["token_count"]
-    ids = [first.token_id(t) for t in tokens]
+    ids = [token_id(first, t) for t in tokens]
     for t in np.argsort(-counts, kind="stable")[: cfg.tokens_listed]:
         if counts[t] > 0 and int(t) not in ids:
             ids.append(int(t))
