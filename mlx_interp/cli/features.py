@@ -81,7 +81,6 @@ def run_features(
     from ..features.collect import (
         check_data_for_sae,
         compute_feature_stats,
-        load_sae,
         logit_effects,
         vocab_strings,
     )
@@ -89,6 +88,7 @@ def run_features(
     from ..features.dashboards import write_dashboards, write_features_csv
     from ..features.store import write_store
     from ..io import ensure_writable_dir, write_json
+    from ..sae import load_sae
     from ..system import peak_rss_mb
 
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if neurons is not None and [n.lower() for n in neurons] == ["none"]:
         neurons = []
     from ..data import DataSource
-    from ..features.collect import load_sae
+    from ..sae import load_sae
 
     texts = DataSource(args.data, args.split).check()
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
-from ..backends import is_torch, to_numpy
 from ..data import DataSource
+from ..sae import load_sae, numpy_runner
 from ..sae.config import trained_on
 from .stats import StatsConfig, UnitStats, batch_grid
 
@@ -28,37 +27,9 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------ the SAE and its checks
-def load_sae(sae, backend: str = "mlx"):
-    """An SAE object of the backend from a folder (or the object itself)."""
-    if not isinstance(sae, (str, Path)):
-        return sae
-    if backend == "mlx":
-        from ..sae import SAE
-    elif backend == "torch":
-        from torch_ref.sae import SAE
-    else:
-        raise ValueError(f"backend must be 'mlx' or 'torch', not {backend!r}")
-    folder = Path(sae)
-    if not (folder / "cfg.json").exists():
-        raise ValueError(f"{folder} is not an SAE folder (no cfg.json)")
-    return SAE.load(folder)
-
-
 def encoder(sae):
     """NumPy (rows, d_in) float32 -> NumPy (rows, d_sae) latents, in the SAE's backend."""
-    if is_torch(sae):
-        import torch
-
-        def run(x):
-            return to_numpy(sae.encode(torch.from_numpy(np.ascontiguousarray(x, np.float32))))
-
-        return run
-    import mlx.core as mx
-
-    def run(x):
-        return to_numpy(sae.encode(mx.array(x)))
-
-    return run
+    return numpy_runner(sae)
 
 
 def check_sae_for_model(

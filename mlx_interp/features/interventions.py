@@ -27,7 +27,7 @@ from ..backends import HookedModelLike, backend_of, from_numpy, is_torch, to_num
 
 def sae_for_model(model: HookedModelLike, sae):
     """The SAE in the model's backend: a folder is loaded there; an object must match."""
-    from .collect import load_sae
+    from ..sae import load_sae
 
     backend = backend_of(model)
     sae = load_sae(sae, backend)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .collect import check_sae_for_model, encoder, load_sae
+from ..sae import load_sae
+from .collect import check_sae_for_model, encoder
 from .store import FeatureStore
 
 if TYPE_CHECKING:

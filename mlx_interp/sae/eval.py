@@ -14,40 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..activations.rows import MASSIVE_FACTOR
+from . import load_sae, numpy_runner
 from .config import trained_on
 from .metrics import MetricAccumulator, log10_density_histogram
 
 if TYPE_CHECKING:
     from ..model import HookedModel
-
-
-def _load(folder, backend: str):
-    if backend == "mlx":
-        from .sae import SAE
-
-        sae = SAE.load(folder)
-
-        def run(x: np.ndarray):
-            import mlx.core as mx
-
-            f = sae.encode(mx.array(x))
-            x_hat = sae.decode(f)
-            return np.asarray(f), np.asarray(x_hat)
-
-    elif backend == "torch":
-        import torch
-
-        from torch_ref.sae import SAE
-
-        sae = SAE.load(folder)
-
-        def run(x: np.ndarray):
-            f, x_hat = sae(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-            return f.numpy(), x_hat.numpy()
-
-    else:
-        raise ValueError(f"backend must be 'mlx' or 'torch', not {backend!r}")
-    return sae, run
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -82,7 +54,8 @@ def evaluate_sae(
     from ..data import DataSource
 
     source = DataSource(data, split).check()
-    sae, run = _load(sae_folder, backend)
+    sae = load_sae(sae_folder, backend)
+    run = numpy_runner(sae, decode=True)
     trained = trained_on(sae.cfg)
     source.check_not_trained_on(trained, allow_train_data)
     hook = hook or sae.cfg.hook_name
