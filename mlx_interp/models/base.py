@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..hooks import HookPoint
+from ..hooks import _STATE, HookPoint
 
 
 class AttentionHooks(nn.Module):
@@ -70,3 +72,47 @@ def attention_mask_and_positions(
     mask = mask | mx.eye(n, dtype=mx.bool_)[None, None]
     positions = mx.maximum(mx.cumsum(attention_mask.astype(mx.int32), axis=1) - 1, 0)
     return mask, positions
+
+
+# Whether blocks that no hook reads run as one compiled graph (mx.compile); for A/B tests
+# and benchmarks. MLX_INTERP_COMPILE=0 turns it off.
+COMPILE_BLOCKS = os.environ.get("MLX_INTERP_COMPILE", "1") != "0"
+
+
+def _block_hook_names(block: nn.Module) -> list[str]:
+    names = block.__dict__.get("_hook_names")
+    if names is None or (names and not names[0]):  # not named yet
+        names = [m.name for _, m in block.named_modules() if isinstance(m, HookPoint)]
+        object.__setattr__(block, "_hook_names", names)
+    return names
+
+
+def run_block(block: nn.Module, x: mx.array, *args) -> mx.array:
+    """``block(x, *args)``; compiled (mx.compile: one fused graph, fewer kernels and passes
+    over memory) when no hook point of the block is read or replaced in this forward pass
+    and every extra argument (mask, positions) is None, i.e. plain causal attention.
+
+    The compiled function reads the block's current weights at each call (``inputs=block``),
+    so weights replaced later are used; MLX traces it once per input shape.
+    """
+    state = _STATE.get()
+    if (
+        not COMPILE_BLOCKS
+        or any(a is not None for a in args)
+        or (state is not None and any(state.wants(n) for n in _block_hook_names(block)))
+    ):
+        return block(x, *args)
+    fn = block.__dict__.get("_compiled")
+    if fn is None:
+        n_args = len(args)
+
+        def forward(x):
+            return block(x, *([None] * n_args))
+
+        fn = mx.compile(forward, inputs=block)
+        object.__setattr__(block, "_compiled", fn)
+    token = _STATE.set(None)  # the block's hook points do nothing in this pass
+    try:
+        return fn(x)
+    finally:
+        _STATE.reset(token)

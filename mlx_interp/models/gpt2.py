@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import HookPoint
-from .base import AttentionHooks, attention_mask_and_positions
+from .base import AttentionHooks, attention_mask_and_positions, run_block
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Model(nn.Module):
         pos_embed = self.hook_pos_embed(mx.broadcast_to(self.wpe(positions), embed.shape))
         x = embed + pos_embed
         for block in self.blocks[:stop_at_layer]:
-            x = block(x, mask)
+            x = run_block(block, x, mask)
         if stop_at_layer is not None:
             if stop_at_layer < len(self.blocks):  # what the first block not run would receive
                 self.blocks[stop_at_layer].hook_resid_pre(x)

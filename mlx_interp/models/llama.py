@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import HookPoint
-from .base import AttentionHooks, attention_mask_and_positions
+from .base import AttentionHooks, attention_mask_and_positions, run_block
 
 
 @dataclass
@@ -205,7 +205,7 @@ class Model(nn.Module):
         mask, positions = attention_mask_and_positions(attention_mask, tokens.shape[1])
         x = self.hook_embed(self.embed(tokens))
         for block in self.blocks[:stop_at_layer]:
-            x = block(x, mask, positions)
+            x = run_block(block, x, mask, positions)
         if stop_at_layer is not None:
             if stop_at_layer < len(self.blocks):  # what the first block not run would receive
                 self.blocks[stop_at_layer].hook_resid_pre(x)
