@@ -20,6 +20,15 @@ import mlx_interp  # noqa: F401
 
 VOCAB_SIZE = 512
 
+# Llama 3's rope scaling, with a short original context (32) that the tests' positions pass
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+
 # name -> (architecture, config overrides, query/key weight scale)
 CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
     "gpt2": ("gpt2", {}, 1.0),
@@ -42,13 +51,7 @@ CHECKPOINTS: dict[str, tuple[str, dict, float]] = {
             "tie_word_embeddings": False,
             "max_position_embeddings": 256,
             "rope_theta": 500000.0,
-            "rope_scaling": {
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 32,
-            },
+            "rope_scaling": dict(LLAMA3_ROPE),
         },
         20.0,
     ),
@@ -69,13 +72,7 @@ LLAMA3_QUANT = {
     "tie_word_embeddings": False,
     "max_position_embeddings": 256,
     "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-    },
+    "rope_scaling": dict(LLAMA3_ROPE),
 }
 
 
@@ -197,3 +194,19 @@ def checkpoint_dir(tmp_path_factory):
         return made[name]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def gpt2(checkpoint_dir):
+    """The MLX HookedModel of the random GPT-2 checkpoint."""
+    from mlx_interp import load_model
+
+    return load_model(checkpoint_dir("gpt2"))
+
+
+@pytest.fixture(scope="module")
+def llama(checkpoint_dir):
+    """The MLX HookedModel of the random Llama checkpoint (GQA, untied embeddings)."""
+    from mlx_interp import load_model
+
+    return load_model(checkpoint_dir("llama-gqa-untied"))

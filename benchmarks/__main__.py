@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks import bench_forward
-from benchmarks.common import fmt_ratio, note, ratio, run_isolated
+from benchmarks.common import fmt_ratio, median_range, note, ratio, run_isolated
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -168,16 +168,14 @@ def markdown(result: dict) -> str:
             gf = per_token * r["tokens_per_s"] / 1e9
             extra = f"{gf:.1f} | {100 * gf / peak:.0f}%"
         out.append(
-            f"| {r['kind']} | {r['backend']} | {r['decode']} | {r['d_sae']} | {1e3 * r['median_s']:.0f} "
-            f"({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | {r['tokens_per_s']:.0f} | {extra} | {note(r)} |"
+            f"| {r['kind']} | {r['backend']} | {r['decode']} | {r['d_sae']} | {median_range(r)} | "
+            f"{r['tokens_per_s']:.0f} | {extra} | {note(r)} |"
         )
     plots = result["plots"]
     out += ["", f"## Plotting ({plots['model']}, {plots['n_tokens']}-token prompt)", "",
             "| figure set | median s (min-max) | files |", "| --- | --- | --- |"]  # fmt: skip
     for r in plots["rows"]:
-        out.append(
-            f"| {r['what']} | {r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f}) | {r['files']} |"
-        )
+        out.append(f"| {r['what']} | {median_range(r, 1, 2)} | {r['files']} |")
     sc = result["scaling"]
     out += ["", f"## Scaling: extraction of {sc['hook']} ({sc['model']}) as tokens grow", "",
             "| tokens | seconds | tokens/s | peak RSS MiB | load, reliability |", "| --- | --- | --- | --- | --- |"]  # fmt: skip

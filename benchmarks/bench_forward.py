@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from benchmarks.common import note, peak_rss_mb, run_isolated, time_it
+from benchmarks.common import median_range, note, peak_rss_mb, run_isolated, time_it
 
 
 def task(model_name: str, backend: str, dtype: str, batch: int, seq: int, repeats: int) -> dict:
@@ -104,8 +104,7 @@ def format_table(rows: list[dict], peak_gflops: float | None = None) -> str:
             speedup = f"{r['speedup_vs_full']:.2f}x (ideal {r['ideal_speedup']:.2f}x)"
         pct = f" {100 * r['gflops_per_s'] / peak_gflops:.0f}% |" if peak_gflops else ""
         lines.append(
-            f"| {r['model']} | {r['backend']} | {r['device']} | {r['dtype']} | {r['mode']} | "
-            f"{1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | "
+            f"| {r['model']} | {r['backend']} | {r['device']} | {r['dtype']} | {r['mode']} | {median_range(r)} | "
             f"{r['tokens_per_s']:.0f} | {r['gflops_per_s']:.1f} |{pct} {speedup} | {r['peak_rss_mb']:.0f} | {note(r)} |"
         )
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from benchmarks.common import peak_rss_mb, time_it
+from benchmarks.common import median_range, peak_rss_mb, time_it
 
 
 def bench(d_in: int, d_saes: list[int], k: int, batch: int, repeats: int, aux: bool) -> dict:
@@ -87,11 +87,15 @@ def format_table(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
-        lines.append(
-            f"| {r['kind']} | {r['backend']} | {r['decode']} | {r['d_sae']} | "
-            f"{1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | "
-            f"{r['tokens_per_s']:.0f} |"
-        )
+        cells = [
+            r["kind"],
+            r["backend"],
+            r["decode"],
+            r["d_sae"],
+            median_range(r),
+            f"{r['tokens_per_s']:.0f}",
+        ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

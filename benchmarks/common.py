@@ -203,3 +203,9 @@ def note(row: dict) -> str:
     if not row.get("reliable"):
         s += f"; UNRELIABLE: {row.get('unreliable') or 'no load record'}"
     return s
+
+
+def median_range(row: dict, scale: float = 1e3, digits: int = 0) -> str:
+    """'median (min-max)' of a timed row, in seconds x ``scale`` (default: milliseconds)."""
+    m, lo, hi = (scale * row[k] for k in ("median_s", "min_s", "max_s"))
+    return f"{m:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"

@@ -53,6 +53,14 @@ class Report:
     def missing(self, stage: str, command: str) -> None:
         self.add(f"_Not run: no `{stage}/` in the run folder (`{command}`)._", "")
 
+    def artefact(self, name: str, command: str):
+        """The JSON file ``name`` (``stage/file.json``) of the run, or None after saying
+        that its stage was not run (by ``command``)."""
+        data = _load(self.run / name)
+        if not data:
+            self.missing(name.split("/")[0], command)
+        return data
+
 
 def _fmt(x, digits=3) -> str:
     return "n/a" if x is None else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
@@ -138,9 +146,8 @@ def activations_section(r: Report) -> None:
 
 def sae_section(r: Report) -> None:
     r.add("## Sparse autoencoder", "")
-    training = _load(r.run / "sae" / "training.json")
+    training = r.artefact("sae/training.json", "mlx-interp train-sae")
     if not training:
-        r.missing("sae", "mlx-interp train-sae")
         return
     hook = next(iter(training["hooks"]))
     log = training.get("log") or []
@@ -156,9 +163,8 @@ def sae_section(r: Report) -> None:
           f"{training['backend']} backend; at the end of training: L0 {_fmt(final.get('l0'))}, "
           f"explained variance {_fmt(final.get('explained_variance'))}, dead fraction "
           f"{_fmt(final.get('dead_fraction'))}.", "")  # fmt: skip
-    metrics = _load(r.run / "sae_eval" / "metrics.json")
+    metrics = r.artefact("sae_eval/metrics.json", "mlx-interp eval-sae")
     if not metrics:
-        r.missing("sae_eval", "mlx-interp eval-sae")
         return
     r.add(f"Evaluated on {metrics['n_rows']} held-out tokens ({metrics.get('data', '?')}):", "",
           "| metric | value |", "| --- | --- |")  # fmt: skip
@@ -300,9 +306,8 @@ def parity_section(r: Report) -> None:
     from .parity import ParityReport, Row
 
     r.add("## Parity between the backends", "")
-    data = _load(r.run / "basics" / "parity.json")
+    data = r.artefact("basics/parity.json", "mlx-interp parity")
     if not data:
-        r.missing("basics", "mlx-interp parity")
         return
     rep = ParityReport(data["source"], data["dtype"], data["n_tokens"],
                        [Row(x["name"], tuple(x["shape"]), x["rel_error"], x["tolerance"]) for x in data["rows"]])  # fmt: skip

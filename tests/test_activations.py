@@ -8,7 +8,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_interp import load_model
 from mlx_interp.activations import (
     BOUNDARY,
     LAST,
@@ -28,16 +27,6 @@ TEXTS = [
     "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
     "Sparse autoencoders turn activations into features that people can read.",
 ] * 3
-
-
-@pytest.fixture(scope="module")
-def gpt2(checkpoint_dir):
-    return load_model(checkpoint_dir("gpt2"))
-
-
-@pytest.fixture(scope="module")
-def llama(checkpoint_dir):
-    return load_model(checkpoint_dir("llama-gqa-untied"))
 
 
 def test_packed_windows_reproduce_the_token_stream(gpt2):

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from mlx_interp import load_model
 from mlx_interp.activations import token_activations
 from mlx_interp.analysis import logit_lens, massive_mask, run_all, semantic_similarity
 from mlx_interp.cli import main
@@ -19,11 +18,6 @@ TEXTS = [
     "def add(a, b):\n    return a + b\n",
     "Sparse autoencoders turn activations into features that people can read.",
 ] * 6
-
-
-@pytest.fixture(scope="module")
-def gpt2(checkpoint_dir):
-    return load_model(checkpoint_dir("gpt2"))
 
 
 def test_massive_mask_flags_position_zero_and_outliers():

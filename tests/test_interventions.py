@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlx_interp import load_model
 from mlx_interp.analysis.interventions import (
     ablation_effects,
     activation_patching,
@@ -16,11 +15,6 @@ from mlx_interp.analysis.interventions import (
 
 CLEAN = "The capital of France is"
 CORRUPT = "The capital of Italy is"
-
-
-@pytest.fixture(scope="module")
-def llama(checkpoint_dir):
-    return load_model(checkpoint_dir("llama-gqa-untied"))
 
 
 def test_patching_the_differing_embedding_restores_the_clean_run(llama):

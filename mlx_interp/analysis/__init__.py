@@ -7,6 +7,8 @@ the figure; ``interventions`` ablates, patches and steers; ``run`` does all of t
 """
 
 from .measures import (
+    DEFAULT_GROUPS,
+    DEFAULT_TEMPLATES,
     MASSIVE_FACTOR,
     LogitLens,
     NeuronActivations,
@@ -31,6 +33,8 @@ from .measures import (
 from .run import run_all
 
 __all__ = [
+    "DEFAULT_GROUPS",
+    "DEFAULT_TEMPLATES",
     "MASSIVE_FACTOR",
     "LogitLens",
     "NeuronActivations",

@@ -36,9 +36,14 @@ DEFAULT_TEMPLATES = [
 ]
 
 
+def resid_name(layer: int) -> str:
+    """The residual stream after block ``layer``; layer -1 is the embeddings."""
+    return "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
+
+
 def resid_names(n_layers: int) -> list[str]:
     """The residual stream at every depth: embeddings (blocks.0.hook_resid_pre), then each block."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+    return [resid_name(L) for L in range(-1, n_layers)]
 
 
 def layer_labels(n_layers: int) -> list[str]:
@@ -113,9 +118,7 @@ def token_similarity(model: HookedModel, text: str, layers: Sequence[int]) -> To
 
     Layer -1 is the embeddings. ``massive`` flags position 0 and massive-norm positions.
     """
-    names = [
-        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
-    ]
+    names = [resid_name(L) for L in layers]
     for n in names:
         model.check_hook_name(n)
     tokens = model.to_tokens(text)
@@ -306,9 +309,7 @@ def position_norms(
 
     n = model.cfg.n_layers
     layers = list(layers) if layers is not None else _spread(n)
-    names = [
-        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
-    ]
+    names = [resid_name(L) for L in layers]
     norms: list[list[np.ndarray]] = [[] for _ in names]
     positions = []
     for b in iter_activations(
@@ -371,9 +372,7 @@ def same_token_positions(
 
     n = model.cfg.n_layers
     layers = list(layers) if layers is not None else _spread(n)
-    names = [
-        "blocks.0.hook_resid_pre" if L == -1 else f"blocks.{L}.hook_resid_post" for L in layers
-    ]
+    names = [resid_name(L) for L in layers]
     acts: list[list[np.ndarray]] = [[] for _ in names]
     pos = []
     tid = None

@@ -99,7 +99,7 @@ def open_data(data: str | None, split: str):
 def cmd_extract(args) -> int:
     from ..activations import extract
     from ..io import ensure_writable_dir
-    from ..model import load_model
+    from .common import model_from_args
 
     hooks = _hooks(args.hooks)
     source = open_data(args.data, args.split)
@@ -107,9 +107,7 @@ def cmd_extract(args) -> int:
     existed = out.exists()
     ensure_writable_dir(out)  # fail before loading anything
     try:
-        model = load_model(
-            args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-        )
+        model = model_from_args(args)
         t0 = time.perf_counter()
         meta = extract(
             model,
@@ -139,7 +137,7 @@ def cmd_extract(args) -> int:
 
 def cmd_tokens(args) -> int:
     from ..activations import token_activations
-    from ..model import load_model
+    from .common import model_from_args
 
     hooks = _hooks(args.hooks)
     if args.text:
@@ -152,9 +150,7 @@ def cmd_tokens(args) -> int:
         from ..io import ensure_writable_dir
 
         ensure_writable_dir(args.out)
-    model = load_model(
-        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
+    model = model_from_args(args)
     ta = token_activations(
         model,
         _positions(args.token),
@@ -227,16 +223,14 @@ def run_analysis(
 def cmd_analyze(args) -> int:
     from ..data import DataSource
     from ..io import ensure_writable_dir
-    from ..model import load_model
+    from .common import model_from_args
 
     prompts = read_prompts(args.prompts) if args.prompts else None
     split = args.split or ("all" if args.data else "heldout")
     texts = list(DataSource(args.data, split).check().documents())
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     ensure_writable_dir(args.out)  # fail before loading anything
-    model = load_model(
-        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
+    model = model_from_args(args)
     run_analysis(
         model,
         args.out,

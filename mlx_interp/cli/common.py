@@ -33,3 +33,22 @@ def add_split(sp, default: str | None, allow_train_data: bool = False) -> None:
             action="store_true",
             help="score the SAE even on data that shares documents with its training data",
         )
+
+
+def reading(args) -> dict:
+    """The :class:`ReadOptions` of parsed ``args`` as the keyword arguments of the Python API
+    (``context_length``, ``batch_size``: windows per forward pass, ``backend``)."""
+    return {
+        "context_length": args.context_length,
+        "batch_size": args.model_batch_size,
+        "backend": args.backend,
+    }
+
+
+def model_from_args(args):
+    """The model of ``--model``, ``--dtype``, ``--quantize`` and ``--group-size``."""
+    from ..model import load_model
+
+    return load_model(
+        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..features.stats import StatsConfig
 from ..options import add_options
-from .common import ReadOptions, add_split
+from .common import ReadOptions, add_split, model_from_args, reading
 
 
 def add_commands(sub, add_model) -> None:
@@ -155,11 +155,7 @@ def run_features(
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from ..model import load_model
-
-    model = load_model(
-        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
+    model = model_from_args(args)
     neurons = args.neurons
     if neurons is not None and [n.lower() for n in neurons] == ["none"]:
         neurons = []
@@ -180,12 +176,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         neuron_hooks=neurons,
         max_features=args.max_features,
         features=args.feature,
-        backend=args.backend,
-        context_length=args.context_length,
-        batch_size=args.model_batch_size,
         model_name=name,
         seed=args.seed,
         progress=True,
         allow_train_data=args.allow_train_data,
+        **reading(args),
     )
     return 0

@@ -13,12 +13,10 @@ DEFAULT_MODEL = "smollm2-135m"
 def cmd_info(args) -> int:
     from mlx.utils import tree_flatten
 
-    from ..model import load_model
     from ..system import blas_info, mlx_device, package_versions
+    from .common import model_from_args
 
-    model = load_model(
-        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
+    model = model_from_args(args)
     c = model.cfg
     n_params = sum(v.size for _, v in tree_flatten(model.model.parameters()))
     print(f"model        {args.model}  ({model.folder})")

@@ -6,7 +6,7 @@ import argparse
 
 from ..options import add_options, options_from_args
 from ..sae.training import TrainConfig
-from .common import ReadOptions, add_split
+from .common import ReadOptions, add_split, model_from_args, reading
 
 
 def add_commands(sub, add_model) -> None:
@@ -119,41 +119,17 @@ def train_saes(
     return summary
 
 
-def eval_sae(
-    model,
-    sae_folder,
-    out=None,
-    *,
-    data: str | None = None,
-    hook: str | None = None,
-    tokens: int = 32768,
-    context_length: int = 128,
-    batch_size: int = 8,
-    backend: str = "mlx",
-    split: str = "heldout",
-    allow_train_data: bool = False,
-    log=print,
-) -> dict:
-    """The ``eval-sae`` command as a function: the SAE's metrics on the ``split`` of ``data``
-    (None: the default corpus), written as ``metrics.json`` and the density histogram
-    into ``out`` (default: the SAE folder) and printed; returns the metrics. Refuses data
-    that shares documents with the SAE's training data unless ``allow_train_data``."""
+def eval_sae(model, sae_folder, out=None, *, log=print, **kwargs) -> dict:
+    """The ``eval-sae`` command as a function: ``mlx_interp.sae.eval.evaluate_sae(sae_folder,
+    model, **kwargs)`` (by default on the held-out split of the default corpus; it refuses
+    data that shares documents with the SAE's training data unless ``allow_train_data``),
+    written as ``metrics.json`` and the density histogram into ``out`` (default: the SAE
+    folder) and printed; returns the metrics."""
     from pathlib import Path
 
     from ..sae.eval import evaluate_sae, print_report, write_report
 
-    report, density = evaluate_sae(
-        sae_folder,
-        model,
-        data=data,
-        hook=hook,
-        tokens=tokens,
-        context_length=context_length,
-        batch_size=batch_size,
-        backend=backend,
-        split=split,
-        allow_train_data=allow_train_data,
-    )
+    report, density = evaluate_sae(sae_folder, model, **kwargs)
     print_report(report)
     paths = write_report(Path(out or sae_folder), report, density)
     log("wrote " + ", ".join(str(p) for p in paths))
@@ -162,17 +138,10 @@ def eval_sae(
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
     from ..io import ensure_writable_dir
-    from ..model import load_model
 
     ensure_writable_dir(args.out)  # fail before loading anything
     tc = options_from_args(TrainConfig, args)
-    model = (
-        None
-        if args.activations
-        else load_model(
-            args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-        )
-    )
+    model = None if args.activations else model_from_args(args)
     train_saes(
         model,
         args.hook,
@@ -182,32 +151,15 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         split=args.split,
         activations=args.activations,
         epochs=args.epochs,
-        context_length=args.context_length,
-        batch_size=args.model_batch_size,
-        backend=args.backend,
         model_name=str(args.model),
         resume=not args.no_resume,
+        **reading(args),
     )
     return 0
 
 
 def cmd_eval_sae(args: argparse.Namespace) -> int:
-    from ..model import load_model
-
-    model = load_model(
-        args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
-    eval_sae(
-        model,
-        args.sae,
-        args.out,
-        data=args.data,
-        split=args.split,
-        allow_train_data=args.allow_train_data,
-        hook=args.hook,
-        tokens=args.tokens,
-        context_length=args.context_length,
-        batch_size=args.model_batch_size,
-        backend=args.backend,
-    )
+    model = model_from_args(args)
+    eval_sae(model, args.sae, args.out, data=args.data, split=args.split, hook=args.hook,
+             allow_train_data=args.allow_train_data, tokens=args.tokens, **reading(args))  # fmt: skip
     return 0
