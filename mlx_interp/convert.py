@@ -22,8 +22,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .models import architecture_for, llama, quantized
-from .sources import ModelSourceError, resolve_model_dir
+from .models import llama, quantized
+from .sources import ModelSourceError
 from .sources.gguf import save_shards
 
 SHARD_BYTES = 2 * 1024**3
@@ -123,12 +123,9 @@ def convert(
     dtype: 'float32', 'float16' or 'bfloat16' for the float tensors and the scales (default:
     as stored). Returns ``out``.
     """
-    if dtype is not None and dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
-    folder = resolve_model_dir(source)
-    config = json.loads((folder / "config.json").read_text())
-    arch = architecture_for(config.get("model_type", "?"))
-    stored = quantized.stored_quantization(config)
+    from .model import read_checkpoint
+
+    folder, config, arch, stored = read_checkpoint(source, dtype, _DTYPES)
     if stored is not None:
         raise quantized.QuantizationError(
             f"{folder} is already quantized ({stored['bits']}-bit); convert a float checkpoint"

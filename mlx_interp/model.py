@@ -314,6 +314,17 @@ def read_weights(folder: Path) -> dict[str, mx.array]:
     return weights
 
 
+def read_checkpoint(source, dtype: str | None = None, dtypes=DTYPES):
+    """(folder, config.json, architecture module, stored quantization or None) of ``source``
+    (anything ``load_model`` takes); checks ``dtype`` against ``dtypes`` first."""
+    if dtype is not None and dtype not in dtypes:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(dtypes)}")
+    folder = resolve_model_dir(source)
+    config = json.loads((folder / "config.json").read_text())
+    arch = architecture_for(config.get("model_type", "?"))
+    return folder, config, arch, quantized.stored_quantization(config)
+
+
 def load_model(
     source: str | Path = "smollm2-135m",
     dtype: str = "float32",
@@ -329,12 +340,7 @@ def load_model(
     while loading, one layer at a time, so the float model never exists in memory at once;
     ``group_size`` (32, 64 or 128) as in mlx-lm. Llama-family models only.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    folder = resolve_model_dir(source)
-    config = json.loads((folder / "config.json").read_text())
-    arch = architecture_for(config.get("model_type", "?"))
-    stored = quantized.stored_quantization(config)
+    folder, config, arch, stored = read_checkpoint(source, dtype, DTYPES)
     if quantize is not None:
         quantized.check_params(quantize, group_size)
         if stored is not None:

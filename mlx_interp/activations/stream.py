@@ -188,16 +188,7 @@ def iter_activations(
                 win = Windows(win.tokens[cut:], win.doc_ids[cut:], win.kinds[cut:], start_window)
                 n_win = len(win.tokens)
             batch = _batch(
-                model,
-                hooks,
-                win,
-                batch_size,
-                stop,
-                mode,
-                target,
-                row_filter,
-                seed,
-                seen,
+                model, hooks, win, batch_size, stop, mode, target, row_filter, seed, seen
             )
             if bar is not None:
                 bar.update(int((win.kinds != PAD).sum()))

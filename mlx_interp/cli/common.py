@@ -35,6 +35,14 @@ def add_split(sp, default: str | None, allow_train_data: bool = False) -> None:
         )
 
 
+def add_sae_and_data(sp) -> None:
+    """--sae and the data it is scored on: --data, --split (default heldout),
+    --allow-train-data (eval-sae, features)."""
+    sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
+    sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
+    add_split(sp, "heldout", allow_train_data=True)
+
+
 def reading(args) -> dict:
     """The :class:`ReadOptions` of parsed ``args`` as the keyword arguments of the Python API
     (``context_length``, ``batch_size``: windows per forward pass, ``backend``)."""

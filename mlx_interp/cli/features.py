@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..features.stats import StatsConfig
 from ..options import add_options
-from .common import ReadOptions, add_split, model_from_args, reading
+from .common import ReadOptions, add_sae_and_data, model_from_args, reading
 
 
 def add_commands(sub, add_model) -> None:
@@ -29,9 +29,7 @@ def add_commands(sub, add_model) -> None:
         "features", help="feature statistics, monosemanticity vs neurons, dashboards of an SAE"
     )
     add_model(sp)
-    sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
-    sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
-    add_split(sp, "heldout", allow_train_data=True)
+    add_sae_and_data(sp)
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--tokens", type=int, default=100_000, help="tokens to analyse")
     add_options(sp, StatsConfig)

@@ -6,7 +6,7 @@ import argparse
 
 from ..options import add_options, options_from_args
 from ..sae.training import TrainConfig
-from .common import ReadOptions, add_split, model_from_args, reading
+from .common import ReadOptions, add_sae_and_data, add_split, model_from_args, reading
 
 
 def add_commands(sub, add_model) -> None:
@@ -32,9 +32,7 @@ def add_commands(sub, add_model) -> None:
         "eval-sae", help="SAE metrics: L0, explained variance, CE loss recovered, ..."
     )
     add_model(sp)
-    sp.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
-    sp.add_argument("--data", help="text data (default: the offline corpus, held-out split)")
-    add_split(sp, "heldout", allow_train_data=True)
+    add_sae_and_data(sp)
     sp.add_argument("--hook", help="hook point (default: the one in the SAE's cfg.json)")
     sp.add_argument("--tokens", type=int, default=32768, help="evaluation tokens")
     sp.add_argument(
