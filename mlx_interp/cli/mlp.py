@@ -36,10 +36,10 @@ def _texts(args):
 def cmd_mlp_analysis(args: argparse.Namespace) -> int:
     from ..features.mlp import parse_layers, run_mlp_analysis
     from ..io import ensure_writable_dir
-    from ..model import load_model
+    from .common import model_from_args
 
     ensure_writable_dir(args.out)
-    model = load_model(args.model, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size)  # fmt: skip
+    model = model_from_args(args)
     cfg = options_from_args(MLPConfig, args)
     parse_layers(cfg.layers, model.cfg.n_layers)
     texts, data_name = _texts(args)
