@@ -356,26 +356,27 @@ def by_layer_plot(table: list[dict], path, info: dict) -> Path:
     def col(k):
         return [np.nan if r[k] is None else r[k] for r in table]
 
+    # panel: title, (column, style, label) lines, y limits, log scale
+    unit = (-0.02, 1.02)
+    panels = [
+        ("norms (counted tokens)", [("mlp_out_norm", "o-", "mean |MLP output|"),
+                                    ("resid_mid_norm", "s--", "mean |residual in|")], None, True),
+        ("neuron firing (a+ > 0)", [("dead_fraction", "o-", "dead (never fires)"),
+                                    ("dense_fraction", "s-", "dense (density > 0.1)"),
+                                    ("median_density", "^-", "median density (live)")], unit, False),
+        ("monosemanticity", [("median_purity", "o-", "median top-token purity"),
+                             ("median_explanation", "s-", "median explanation score")], unit, False),
+    ]  # fmt: skip
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-    ax = axes[0]
-    ax.plot(L, col("mlp_out_norm"), "o-", label="mean |MLP output|")
-    ax.plot(L, col("resid_mid_norm"), "s--", label="mean |residual in|")
-    ax.set_yscale("log")
-    ax.set_title("norms (counted tokens)")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    ax.plot(L, col("dead_fraction"), "o-", label="dead (never fires)")
-    ax.plot(L, col("dense_fraction"), "s-", label="dense (density > 0.1)")
-    ax.plot(L, col("median_density"), "^-", label="median density (live)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("neuron firing (a+ > 0)")
-    ax.legend(fontsize=7)
-    ax = axes[2]
-    ax.plot(L, col("median_purity"), "o-", label="median top-token purity")
-    ax.plot(L, col("median_explanation"), "s-", label="median explanation score")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("monosemanticity")
-    ax.legend(fontsize=7)
+    for ax, (title, lines, ylim, log) in zip(axes[:3], panels, strict=True):
+        for key, style, label in lines:
+            ax.plot(L, col(key), style, label=label)
+        if log:
+            ax.set_yscale("log")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
     ax = axes[3]
     ax.plot(L, col("median_entropy_bits"), "o-", color="tab:purple")
     ax.axhline(np.log2(info["top_k"]), color="grey", ls=":", lw=1)
