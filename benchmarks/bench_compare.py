@@ -236,16 +236,14 @@ def format_tables(result: dict) -> str:
     return "\n".join(out)
 
 
-def run(quick: bool, only: set[str]) -> dict:
+def run(quick: bool, only: set[str], batches=None, d_saes=None, rounds=None) -> dict:
     result = {"quick": quick}
     if "extract" in only:
-        batches, rounds = ([1, 4], 2) if quick else ([1, 4, 16, 64], 5)
-        result["extract"] = extraction(batches, 32 if quick else 128, rounds)
+        b, r = ([1, 4], 2) if quick else ([1, 4, 16, 64], 5)
+        result["extract"] = extraction(batches or b, 32 if quick else 128, rounds or r)
     if "sae" in only:
-        if quick:
-            result["sae"] = sae_training([1152], 512, 32, 2)
-        else:
-            result["sae"] = sae_training([2304, 4608, 9216, 18432, 36864], 4096, 32, 5)
+        d, batch, r = ([1152], 512, 2) if quick else ([2304, 4608, 9216, 18432, 36864], 4096, 5)
+        result["sae"] = sae_training(d_saes or d, batch, 32, rounds or r)
     return result
 
 
@@ -256,11 +254,15 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, two rounds")
     p.add_argument("--only", default="extract,sae", help="comma-separated: extract, sae")
     p.add_argument("--out", help="write the result JSON here (and the tables beside it, .md)")
+    p.add_argument("--batches", help="extraction batch sizes, e.g. 4,16 (x 128 tokens)")
+    p.add_argument("--d-sae", help="SAE widths, e.g. 9216")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per size")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     a = p.parse_args(argv)
+    ints = lambda s: [int(v) for v in s.split(",")] if s else None  # noqa: E731
     import mlx_interp  # noqa: F401  (binds the optimised BLAS before MLX runs)
 
-    result = run(a.quick, set(a.only.split(",")))
+    result = run(a.quick, set(a.only.split(",")), ints(a.batches), ints(a.d_sae), a.rounds)
     if a.out:
         from pathlib import Path
 
