@@ -51,14 +51,23 @@ class TorchBackend:
         loss.backward()
         b1, b2 = tc.adam_betas
         bc1, bc2 = 1 - b1**t, 1 - b2**t
+        unit_norm = cfg.architecture in ("topk", "batchtopk", "jumprelu")
         with torch.no_grad():
+            grads = {name: p.grad for name, p in params.items()}
+            if unit_norm and tc.decoder_constraint == "project":
+                w, g = params["W_dec"], grads["W_dec"]
+                grads["W_dec"] = g - torch.einsum("ij,ij->i", g, w)[:, None] * w
+            clip = tc.grad_clip
+            if clip is not None:
+                norm = torch.sqrt(sum(torch.sum(g * g) for g in grads.values()))
+                grads = {k: g * min(1.0, clip / (float(norm) + 1e-12)) for k, g in grads.items()}
             for name, p in params.items():
-                g = p.grad
+                g = grads[name]
                 self.m[name] = b1 * self.m[name] + (1 - b1) * g
                 self.v[name] = b2 * self.v[name] + (1 - b2) * g * g
                 step = (self.m[name] / bc1) / (torch.sqrt(self.v[name] / bc2) + tc.adam_eps)
                 self.params[name] = p.detach() - lr * step
-            if cfg.architecture in ("topk", "batchtopk", "jumprelu"):
+            if unit_norm:
                 w = self.params["W_dec"]
                 self.params["W_dec"] = w / w.norm(dim=-1, keepdim=True)
             f = out["f"]

@@ -26,6 +26,9 @@ def add_commands(sub, add_model) -> None:
     add_options(sp, TrainConfig)
     add_options(sp, ReadOptions)
     sp.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    sp.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep out/checkpoint/ after the run"
+    )
     sp.set_defaults(func=cmd_train_sae)
 
     sp = sub.add_parser(
@@ -57,6 +60,7 @@ def train_saes(
     backend: str = "mlx",
     model_name: str | None = None,
     resume: bool = True,
+    keep_checkpoint: bool = False,
     log=print,
 ) -> dict:
     """The ``train-sae`` command as a function: one SAE per hook, trained on ``model``'s
@@ -105,6 +109,7 @@ def train_saes(
         model_name=model_name,
         resume=resume,
         metadata=meta,
+        keep_checkpoint=keep_checkpoint,
     )
     for h, info in summary["hooks"].items():
         f = info["final"]
@@ -151,6 +156,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         model_name=str(args.model),
         resume=not args.no_resume,
+        keep_checkpoint=args.keep_checkpoint,
         **reading(args),
     )
     return 0

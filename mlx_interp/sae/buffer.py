@@ -47,6 +47,7 @@ def array_source(arrays: Chunk, chunk_rows: int = 65536) -> Source:
             stop = min(start + chunk_rows, n_rows)
             yield stop, {h: np.asarray(a[start:stop], dtype=np.float32) for h, a in arrays.items()}
 
+    open_at.n_rows = n_rows
     return open_at
 
 

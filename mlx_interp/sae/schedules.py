@@ -5,14 +5,32 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, decay_frac: float) -> float:
-    """Linear warm-up over ``warmup_steps``, constant, then linear decay to zero over the
-    last ``decay_frac`` of the steps (Anthropic's April 2024 recipe)."""
+def lr_at(
+    step: int,
+    total_steps: int,
+    lr: float,
+    warmup_steps: int,
+    decay_frac: float,
+    decay_shape: str = "linear",
+) -> float:
+    """The learning rate of ``step`` (0-based): a linear warm-up from lr/warmup_steps over
+    ``warmup_steps``, constant, then a decay to zero over the last ``decay_frac`` of the
+    steps, ``linear`` (Anthropic's April 2024 recipe) or ``cosine``."""
     f = min(1.0, (step + 1) / max(warmup_steps, 1))
-    decay_steps = int(decay_frac * total_steps)
+    decay_steps = int(round(decay_frac * total_steps))
     if decay_steps > 0 and step >= total_steps - decay_steps:
-        f = min(f, (total_steps - step) / decay_steps)
+        left = (total_steps - step) / decay_steps  # 1 at the decay's start, 1/decay_steps last
+        if decay_shape == "cosine":
+            left = 0.5 * (1 - math.cos(math.pi * left))
+        f = min(f, left)
     return lr * f
+
+
+def warmup_steps_for(total_steps: int, frac: float, min_steps: int) -> int:
+    """Warm-up steps for a run: ``frac`` of the run but at least ``min_steps``, and never more
+    than a quarter of the run (a short run must still spend most of its steps at full LR)."""
+    n = max(int(round(frac * total_steps)), min_steps)
+    return max(1, min(n, total_steps // 4))
 
 
 def coeff_at(step: int, coeff: float, warmup_steps: int) -> float:

@@ -135,6 +135,8 @@ def extraction_source(
             stats["rows"] += next(iter(chunk.values())).shape[0]
             yield i + 1, chunk
 
+    if rule is None:  # the rows on disk are the training rows: the count is exact
+        open_at.n_rows = int(sum(s["n_rows"] for s in meta["shards"])) * epochs
     return open_at
 
 

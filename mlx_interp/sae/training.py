@@ -27,12 +27,14 @@ import numpy as np
 from .. import distributed
 from ..distributed import World
 from ..options import option
-from .buffer import ShuffleBuffer, check_finite
+from .buffer import ShuffleBuffer, array_source, check_finite
 from .config import ARCHITECTURES, SAEConfig
 from .files import write_folder_atomic
-from .schedules import coeff_at, default_lr, lr_at
+from .schedules import coeff_at, default_lr, lr_at, warmup_steps_for
 
 UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
+# Fewer training tokens per latent than this draws a warning (see short_run_warning).
+MIN_TOKENS_PER_LATENT = 100
 
 
 @dataclass
@@ -46,15 +48,29 @@ class TrainConfig:
     k: int | None = option(32, "active latents (topk, batchtopk)")
     tokens: int = option(1_000_000, "training tokens")
     batch_size: int = option(4096, "tokens per step")
-    lr: float | None = option(None, "peak learning rate (default 2e-4/sqrt(d_sae/2^14))")
-    lr_warmup_steps: int = option(100, "steps of linear learning-rate warm-up")
-    lr_decay_frac: float = option(0.2, "fraction of the steps, at the end, of linear decay to 0")
+    lr: float | None = option(None, "peak learning rate (default: see default_lr)")
+    lr_warmup_steps: int | None = option(
+        None, "steps of linear learning-rate warm-up (default: lr_warmup_frac of the steps)"
+    )
+    lr_warmup_frac: float = option(0.05, "warm-up as a fraction of the steps")
+    lr_warmup_min_steps: int = option(
+        10, "at least this many warm-up steps (at most 1/4 of the run)"
+    )
+    lr_decay_frac: float = option(0.2, "fraction of the steps, at the end, of decay to 0")
+    lr_decay_shape: str = option("linear", "shape of the decay", choices=("linear", "cosine"))
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     sparsity_coeff: float | None = option(None, "L1 (standard, 5) or L0 (jumprelu, 1)")
     sparsity_warmup_frac: float = option(0.05, "fraction of the steps of sparsity warm-up")
     aux_coeff: float = 1 / 32
     aux_k: int | None = None  # None: d_in // 2
+    decoder_constraint: str = option(
+        "renorm",
+        "unit-norm decoder rows: renormalise after each step, or project the gradient too (Gao et al.)",
+        choices=("renorm", "project"),
+    )
+    grad_clip: float | None = option(None, "clip the global gradient norm to this")
+    dec_init_norm: float | None = option(None, "decoder row norm at init (default 1; standard 0.1)")
     dead_tokens: int = option(1_000_000, "dead after this many tokens unfired")
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.01
@@ -73,9 +89,23 @@ class TrainConfig:
         """Fill the derived fields for an input width; checks every value."""
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}")
+        if self.d_sae is not None and self.expansion is not None:
+            raise ValueError(f"give d_sae ({self.d_sae}) or expansion ({self.expansion}), not both")
         d_sae = self.d_sae or (self.expansion or 16) * d_in
         out = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
         out.d_sae, out.expansion = int(d_sae), None
+        if out.aux_k is not None and not 1 <= out.aux_k <= out.d_sae:
+            raise ValueError(f"aux_k={out.aux_k} must be between 1 and d_sae={out.d_sae}")
+        if out.lr_decay_shape not in ("linear", "cosine"):
+            raise ValueError(
+                f"lr_decay_shape must be 'linear' or 'cosine', not {out.lr_decay_shape!r}"
+            )
+        if out.decoder_constraint not in ("renorm", "project"):
+            raise ValueError(
+                f"decoder_constraint must be 'renorm' or 'project', not {out.decoder_constraint!r}"
+            )
+        if out.grad_clip is not None and not out.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive (got {out.grad_clip})")
         if out.lr is None:
             out.lr = default_lr(out.d_sae)
         if out.sparsity_coeff is None:
@@ -88,6 +118,10 @@ class TrainConfig:
         if out.batch_size < 1 or out.tokens < out.batch_size:
             raise ValueError(f"tokens ({out.tokens}) must be at least one batch ({out.batch_size})")
         out.adam_betas = tuple(out.adam_betas)
+        if out.lr_warmup_steps is None:
+            out.lr_warmup_steps = warmup_steps_for(
+                out.total_steps, out.lr_warmup_frac, out.lr_warmup_min_steps
+            )
         return out
 
     @property
@@ -146,6 +180,7 @@ class MLXBackend:
         b1, b2 = tc.adam_betas
         eps = tc.adam_eps
         n_ranks = self.world_size
+        project = cfg.architecture in UNIT_NORM_DECODER and tc.decoder_constraint == "project"
 
         def mean_over_ranks(a):  # the global batch's mean of a per-slice mean
             return a if n_ranks == 1 else mx.distributed.all_sum(a) / n_ranks
@@ -170,6 +205,14 @@ class MLXBackend:
 
             (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
             grads = {name: mean_over_ranks(g) for name, g in grads.items()}
+            if project:  # remove each decoder row's gradient along the row (Gao et al. 2024)
+                w = state["params"]["W_dec"]
+                g = grads["W_dec"]
+                grads = {**grads, "W_dec": g - (g * w).sum(axis=-1, keepdims=True) * w}
+            if tc.grad_clip is not None:
+                norm = mx.sqrt(sum((g * g).sum() for g in grads.values()))
+                factor = mx.minimum(1.0, tc.grad_clip / (norm + 1e-12))
+                grads = {k: g * factor for k, g in grads.items()}
             new_p, new_m, new_v = {}, {}, {}
             for name, p in state["params"].items():
                 g = grads[name]
@@ -356,12 +399,52 @@ def _init_sample(source, hooks: list[str], n_rows: int) -> dict[str, np.ndarray]
     return {h: np.concatenate(parts[h])[:n_rows] for h in hooks}
 
 
+def as_source(source, hooks: list[str]):
+    """``source`` as the trainer's source: a source function is kept; a NumPy or MLX array of
+    shape (n_rows, d_in) (or (..., d_in), flattened) feeds the one hook given; a dict
+    {hook: array} feeds several hooks (the same rows, row for row)."""
+    if callable(source) and not hasattr(source, "shape"):
+        return source
+    if not isinstance(source, dict):
+        if len(hooks) != 1:
+            raise ValueError(
+                f"one array feeds one hook; give a dict {{hook: array}} for {len(hooks)} hooks"
+            )
+        source = {hooks[0]: source}
+    arrays = {}
+    for h, a in source.items():
+        if not hasattr(a, "shape"):
+            raise TypeError(f"activations of {h} must be an array, not {type(a).__name__}")
+        if not isinstance(a, np.ndarray):  # mx.array, torch tensor: to NumPy once
+            a = np.asarray(a)
+        if a.ndim < 2:
+            raise ValueError(f"activations of {h} must be (n_rows, d_in), got shape {a.shape}")
+        arrays[h] = a.reshape(-1, a.shape[-1]) if a.ndim > 2 else a
+    missing = [h for h in hooks if h not in arrays]
+    if missing:
+        raise ValueError(f"no activations given for {', '.join(missing)} (got {', '.join(arrays)})")
+    return array_source({h: arrays[h] for h in hooks})
+
+
+def short_run_warning(tc: TrainConfig) -> str | None:
+    """A warning for a run too short for its width (``tc`` resolved), or None."""
+    per_latent = tc.tokens / tc.d_sae
+    if per_latent < MIN_TOKENS_PER_LATENT:
+        return (
+            f"{tc.tokens} training tokens for {tc.d_sae} latents ({per_latent:.0f} per latent, "
+            f"{tc.total_steps} steps) is a short run: expect a lower explained variance than "
+            f"with more data (at least {MIN_TOKENS_PER_LATENT * tc.d_sae} tokens, "
+            f"{MIN_TOKENS_PER_LATENT} per latent, recommended)"
+        )
+    return None
+
+
 def train_sae(
     source,
-    hooks: list[str],
-    d_in: int | dict[str, int] | None,
-    tc: TrainConfig,
-    out: str | os.PathLike,
+    hooks: str | list[str],
+    d_in: int | dict[str, int] | None = None,
+    tc: TrainConfig | None = None,
+    out: str | os.PathLike = "sae_run",
     *,
     backend: str = "mlx",
     model_name: str | None = None,
@@ -370,12 +453,19 @@ def train_sae(
     metadata: dict | None = None,
     stop_after_steps: int | None = None,
     world: World | None = None,
+    keep_checkpoint: bool = False,
 ) -> dict:
     """Train one SAE per hook on batches from ``source``; write ``out/<hook>/`` SAELens folders.
 
+    ``source``: a NumPy or MLX array (n_rows, d_in) for one hook, a dict {hook: array}, or a
+    source function (``mlx_interp.sae.stream.model_source`` / ``extraction_source``).
+    ``hooks``: a hook name or a list of them. ``d_in`` (optional) is checked against the data.
+
     Returns a summary dict (per hook: final metrics, the log) that is also written to
     ``out/training.json``. ``stop_after_steps`` ends early (leaving a checkpoint), as a
-    killed run would; a later call with the same arguments resumes.
+    killed run would; a later call with the same arguments resumes. A finished run removes
+    ``out/checkpoint/`` unless ``keep_checkpoint``; calling again with the same settings
+    returns the finished run's summary.
 
     Data-parallel (``mlx.launch -n N -- mlx-interp train-sae ...``; ``world`` defaults to
     ``mlx_interp.distributed.world()``): every rank reads the same global batches from
@@ -387,7 +477,11 @@ def train_sae(
     from .sae import init_params
 
     out = Path(out)
+    tc = tc if tc is not None else TrainConfig()
     make = _backend_class(backend)
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    hooks = list(hooks)
     if len(set(hooks)) != len(hooks) or not hooks:
         raise ValueError(f"give each hook point once (got {hooks})")
     world = world or distributed.world()
@@ -399,6 +493,7 @@ def train_sae(
                 f"batch_size {tc.batch_size} is not divisible by the {world.size} ranks; "
                 f"give a multiple of {world.size}"
             )
+    source = as_source(source, hooks)
     ckpt = load_checkpoint(out, hooks) if resume else None
     sample = None
     if ckpt is not None:
@@ -424,6 +519,22 @@ def train_sae(
     make_backend = make if world.size == 1 else (lambda *a: make(*a, world_size=world.size))
     total = tc.total_steps
     meta_cfg = {h: asdict(tcs[h]) for h in hooks}
+    n_rows = getattr(source, "n_rows", None)  # rows the source holds, where it knows
+    if n_rows is not None and n_rows // tc.batch_size < total:
+        raise ValueError(
+            f"{tc.tokens} training tokens asked for, but the activations hold {n_rows} rows "
+            f"({n_rows // tc.batch_size} batches of {tc.batch_size}); ask for at most "
+            f"{n_rows // tc.batch_size * tc.batch_size} tokens or give more activations"
+        )
+    if ckpt is None and resume:
+        done = _finished_run(out, hooks, meta_cfg, backend)
+        if done is not None:
+            return done
+    warning = short_run_warning(tc) if ckpt is None else None
+    if warning:
+        import warnings
+
+        warnings.warn(warning, stacklevel=2)
     cfgs = {h: tcs[h].sae_config(d_ins[h], h, model_name) for h in hooks}
     if ckpt is not None:
         meta, states, buffer_state = ckpt
@@ -455,6 +566,7 @@ def train_sae(
                 data_sample=rows[:4096] * scale,
                 b_dec_init=tc.b_dec_init,
                 threshold_init=tc.jumprelu_init_threshold,
+                dec_norm=tc.dec_init_norm,
             )
             backends[h] = make_backend(cfgs[h], tcs[h], params, scale)
             scales[h] = scale
@@ -476,7 +588,7 @@ def train_sae(
         if step >= total:
             break
         for h in hooks:
-            lr = lr_at(step, total, tcs[h].lr, tc.lr_warmup_steps, tc.lr_decay_frac)
+            lr = _lr(tcs[h], step, total)
             coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
             backends[h].step(batch[h][part], lr, coeff, step + 1, with_aux[h])
         step += 1
@@ -489,7 +601,7 @@ def train_sae(
                 m = backends[h].pop_metrics()
                 n_dead = backends[h].n_dead()
                 m["dead_fraction"] = n_dead / tc.d_sae
-                m["lr"] = lr_at(step - 1, total, tcs[h].lr, tc.lr_warmup_steps, tc.lr_decay_frac)
+                m["lr"] = _lr(tcs[h], step - 1, total)
                 with_aux[h] = tc.architecture in ("topk", "batchtopk") and n_dead > 0
                 row[h] = m
             log.append(row)
@@ -510,9 +622,16 @@ def train_sae(
     if step > last_ckpt and world.is_main:
         save_checkpoint(out, {**meta, "step": step, "log": log}, backends, buffer.state())
     if step < total and stop_after_steps is None:
+        # the schedule is set by the tokens asked for: this checkpoint cannot be finished
+        # and would only block the corrected call
+        import shutil
+
+        if world.is_main:
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         raise ValueError(
-            f"the data ran out after {step} of {total} steps ({step * tc.batch_size} tokens); "
-            "give more text or fewer --tokens"
+            f"the activations ran out after {step} of {total} steps: {step * tc.batch_size} "
+            f"training tokens of the {tc.tokens} asked for; ask for at most "
+            f"{step * tc.batch_size} tokens or give more data"
         )
     summary = {"backend": backend, "steps": step, "tokens": step * tc.batch_size, "hooks": {}}
     summary["train_config"] = meta_cfg
@@ -533,8 +652,32 @@ def train_sae(
         from ..io import write_json
 
         write_json(out / "training.json", summary)
+        if not keep_checkpoint:
+            import shutil
+
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     world.barrier("train-sae: waiting for rank 0 to write the SAE")
     return summary
+
+
+def _finished_run(out: Path, hooks: list[str], meta_cfg: dict, backend: str) -> dict | None:
+    """The summary of a run already finished in ``out`` with these settings (None if none);
+    a finished run with other settings is an error, as its checkpoint would be."""
+    path = out / "training.json"
+    if not path.is_file() or not all((out / h / "cfg.json").is_file() for h in hooks):
+        return None
+    summary = json.loads(path.read_text())
+    same = summary.get("train_config") == json.loads(json.dumps(meta_cfg))
+    if not same or list(summary.get("hooks", {})) != hooks or summary.get("backend") != backend:
+        raise ValueError(
+            f"{out} holds a finished run with other settings; use another output folder, "
+            "delete it, or train with resume off"
+        )
+    return summary
+
+
+def _lr(tc: TrainConfig, step: int, total: int) -> float:
+    return lr_at(step, total, tc.lr, tc.lr_warmup_steps, tc.lr_decay_frac, tc.lr_decay_shape)
 
 
 def _save_sae(folder: Path, cfg: SAEConfig, weights: dict) -> None:
