@@ -176,6 +176,15 @@ def sae_section(r: Report) -> None:
                        ("ce_loss_recovered", "CE loss recovered"), ("kl_div", "KL(clean ‖ SAE), nats")]:  # fmt: skip
         if key in metrics:
             r.add(f"| {label} | {_fmt(metrics[key], 4)} |")
+    core = metrics.get("saebench")
+    if core:  # SAEBench's core metrics, under SAEBench's names (mlx_interp.sae.metrics)
+        r.add("", "SAEBench core metrics (Karvonen et al. 2025; definitions in "
+              "`mlx_interp/sae/metrics.py`):", "", "| SAEBench metric | value |", "| --- | --- |")  # fmt: skip
+        for key in ("kl_div_score", "ce_loss_score", "l2_ratio", "relative_reconstruction_bias",
+                    "frac_alive", "average_max_decoder_cosine_sim", "freq_over_1_percent",
+                    "freq_over_10_percent"):  # fmt: skip
+            if key in core:
+                r.add(f"| `{key}` | {_fmt(core[key], 4)} |")
     r.add("", metrics.get("note", ""), "")
     r.figure(
         r.run / "sae_eval" / "feature_density.png",

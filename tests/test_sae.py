@@ -153,7 +153,8 @@ def test_normalisation_is_folded_into_saved_weights(tmp_path):
 # --- SAELens files --------------------------------------------------------------------------------
 
 
-def write_saelens_by_hand(folder, arch, W_enc, b_enc, W_dec, b_dec, threshold=None, k=None):
+def write_saelens_by_hand(folder, arch, W_enc, b_enc, W_dec, b_dec, threshold=None, k=None,
+                          rescale=False):  # fmt: skip
     folder.mkdir(parents=True)
     cfg = {
         "architecture": arch,
@@ -173,7 +174,7 @@ def write_saelens_by_hand(folder, arch, W_enc, b_enc, W_dec, b_dec, threshold=No
     }
     if k is not None:
         cfg["k"] = k
-        cfg["rescale_acts_by_decoder_norm"] = False
+        cfg["rescale_acts_by_decoder_norm"] = rescale
     (folder / "cfg.json").write_text(json.dumps(cfg))
     w = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
     if threshold is not None:
@@ -293,6 +294,30 @@ def test_shuffle_buffer_resumes_exactly():
     np.testing.assert_array_equal(np.concatenate(first + rest), np.concatenate(full))
 
 
+def test_batch_order_is_exact_and_independent_of_chunking():
+    data = np.arange(1000, dtype=np.float32)[:, None]
+    orders = []
+    for chunk_rows in (70, 200, 1000):
+        src = array_source({"h": data}, chunk_rows=chunk_rows)
+        orders.append(np.concatenate([b["h"][:, 0] for b in ShuffleBuffer(src, 32, 200, seed=1)]))
+    np.testing.assert_array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(orders[0], orders[2])
+    # the documented rule, by hand: blocks of the leftover + exactly 200 fresh rows
+    expected, carry, start, b = [], np.zeros(0), 0, 0
+    while True:
+        block = np.concatenate([carry, data[start : start + 200, 0]])
+        start += 200
+        if len(block) < 32:
+            break
+        perm = np.random.default_rng([1, b]).permutation(len(block))
+        n = len(block) // 32 * 32
+        expected.append(block[perm[:n]])
+        carry, b = block[perm[n:]], b + 1
+        if start >= len(data):
+            break
+    np.testing.assert_array_equal(orders[0], np.concatenate(expected))
+
+
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, backend):
     data = synthetic(12000)
@@ -349,3 +374,66 @@ def test_several_hooks_in_one_run(tmp_path):
     s = train_sae(array_source({"x": a, "y": b}), ["x", "y"], None, tc, tmp_path, progress=False)
     assert SAE.load(tmp_path / "x").cfg.d_sae == 48 and SAE.load(tmp_path / "y").cfg.d_sae == 32
     assert set(s["hooks"]) == {"x", "y"}
+
+
+def test_saelens_topk_with_decoder_norm_rescaling_loads_exactly(tmp_path):
+    # SAELens 6's TopK default: rank and keep pre * ||W_dec_i||, decode (f / ||W_dec_i||) @ W_dec
+    rng = np.random.default_rng(5)
+    d_in, d_sae, k = 6, 12, 3
+    W_enc = rng.standard_normal((d_in, d_sae))
+    b_enc = rng.standard_normal(d_sae) * 0.1
+    W_dec = rng.standard_normal((d_sae, d_in)) * rng.uniform(0.2, 3.0, (d_sae, 1))
+    b_dec = rng.standard_normal(d_in) * 0.1
+    write_saelens_by_hand(tmp_path / "s", "topk", W_enc, b_enc, W_dec, b_dec, k=k, rescale=True)
+    x = rng.standard_normal((9, d_in))
+    n = np.linalg.norm(W_dec, axis=1)
+    pre = ((x - b_dec) @ W_enc + b_enc) * n
+    f = np.zeros_like(pre)
+    top = np.argsort(-pre, axis=1)[:, :k]
+    np.put_along_axis(f, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
+    x_hat = (f / n) @ W_dec + b_dec
+    # ranking by pre alone would pick other latents: the fold is what makes this pass
+    assert not np.array_equal(np.argsort(-pre / n, axis=1)[:, :k], top)
+    xf = x.astype(np.float32)
+    m, t = SAE.load(tmp_path / "s"), TorchSAE.load(tmp_path / "s")
+    np.testing.assert_allclose(np.array(m.encode(mx.array(xf))), f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(m(mx.array(xf))[1]), x_hat, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t.encode(torch.from_numpy(xf)).numpy(), f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t(torch.from_numpy(xf))[1].numpy(), x_hat, rtol=1e-5, atol=1e-5)
+    # saved again, it is a plain TopK file (unit-norm decoder rows) that computes the same
+    m.save(tmp_path / "again")
+    cfg = json.loads((tmp_path / "again" / "cfg.json").read_text())
+    assert cfg["rescale_acts_by_decoder_norm"] is False
+    np.testing.assert_allclose(np.linalg.norm(np.array(m.W_dec), axis=1), 1, rtol=1e-5)
+    again = SAE.load(tmp_path / "again")
+    np.testing.assert_allclose(np.array(again(mx.array(xf))[1]), x_hat, rtol=1e-5, atol=1e-5)
+
+
+def test_saebench_core_metrics_match_their_definitions():
+    from mlx_interp.sae.metrics import MetricAccumulator, max_decoder_cosine_sim, saebench_core
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8))
+    x_hat = 0.8 * x + 0.1 * rng.standard_normal((300, 8))
+    f = np.maximum(rng.standard_normal((300, 20)) - 1.5, 0)
+    f[:, 3] = 0  # one dead latent
+    acc = MetricAccumulator(20)
+    acc.add(x[:100], x_hat[:100], f[:100])
+    acc.add(x[100:], x_hat[100:], f[100:])
+    w_dec = rng.standard_normal((20, 8))
+    core = saebench_core(acc.result(), acc.density(), w_dec, 0.2, 0.8, 2.0, 2.5, 6.0)
+    nx, nh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
+    assert core["l2_ratio"] == pytest.approx((nh / nx).mean())
+    assert core["relative_reconstruction_bias"] == pytest.approx(
+        (nh**2).mean() / (x * x_hat).sum(1).mean()
+    )
+    assert core["kl_div_score"] == pytest.approx(0.75)
+    assert core["ce_loss_score"] == pytest.approx((6.0 - 2.5) / (6.0 - 2.0))
+    assert core["frac_alive"] == pytest.approx(19 / 20)
+    dens = (f > 0).mean(0)
+    assert core["freq_over_1_percent"] == pytest.approx((dens > 0.01).mean())
+    w = w_dec / np.linalg.norm(w_dec, axis=1, keepdims=True)
+    cos = w @ w.T
+    np.fill_diagonal(cos, -np.inf)
+    np.testing.assert_allclose(max_decoder_cosine_sim(w_dec, chunk=7), cos.max(1))
+    assert core["average_max_decoder_cosine_sim"] == pytest.approx(cos.max(1).mean())

@@ -59,6 +59,16 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
     m2 = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert m2["explained_variance"] == pytest.approx(m["explained_variance"], rel=1e-4)
     assert m2["ce_loss_recovered"] == pytest.approx(m["ce_loss_recovered"], rel=1e-3, abs=1e-4)
+    # SAEBench's core metrics, consistent with ours and alike in both backends
+    core, core2 = m["saebench"], m2["saebench"]
+    assert core["ce_loss_score"] == pytest.approx(m["ce_loss_recovered"])
+    assert core["frac_alive"] == pytest.approx(1 - m["dead_fraction"])
+    assert core["kl_div_with_sae"] == pytest.approx(m["kl_div"])
+    assert 0 < core["kl_div_with_sae"] < core["kl_div_with_ablation"]
+    assert -1 <= core["average_max_decoder_cosine_sim"] <= 1 and core["l2_ratio"] > 0
+    for key, value in core.items():
+        assert core2[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+    assert not (out / "checkpoint").exists()  # removed after a finished run
     # the SAE's own training documents: refused in one line, nothing written, unless allowed
     capsys.readouterr()
     for split in ("train", "all"):

@@ -69,3 +69,30 @@ def test_saelens_file_loads_here(tmp_path, arch):
         f, x_hat = (f.numpy(), x_hat.numpy()) if isinstance(f, torch.Tensor) else (f, x_hat)
         np.testing.assert_allclose(np.array(f), f_theirs, atol=1e-5)
         np.testing.assert_allclose(np.array(x_hat), x_theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_saelens_topk_training_output_loads_here(tmp_path, rescale):
+    """What SAELens 6.54's TopK trainer writes (rescale_acts_by_decoder_norm=True, its default
+    for training) loads in both backends with the decoder norms folded in."""
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAEConfig
+
+    assert TopKTrainingSAEConfig.__dataclass_fields__["rescale_acts_by_decoder_norm"].default
+    torch.manual_seed(1)
+    theirs = TopKSAE(TopKSAEConfig(d_in=16, d_sae=48, k=6, rescale_acts_by_decoder_norm=rescale))
+    with torch.no_grad():
+        for prm in theirs.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+        theirs.W_dec.mul_(torch.rand(48, 1) * 3 + 0.2)  # decoder rows far from unit norm
+    theirs.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
+    theirs.save_model(str(tmp_path / "t"))
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        f_theirs = theirs.encode(x).numpy()
+        x_theirs = theirs.decode(theirs.encode(x)).numpy()
+    for ours in (SAE.load(tmp_path / "t"), TorchSAE.load(tmp_path / "t")):
+        xx = mx.array(x.numpy()) if isinstance(ours, SAE) else x
+        f, x_hat = ours(xx)
+        f, x_hat = (f.numpy(), x_hat.numpy()) if isinstance(f, torch.Tensor) else (f, x_hat)
+        np.testing.assert_allclose(np.array(f), f_theirs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.array(x_hat), x_theirs, rtol=1e-5, atol=1e-5)

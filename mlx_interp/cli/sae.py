@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..options import add_options, options_from_args
 from ..sae.training import TrainConfig
@@ -110,6 +111,7 @@ def train_saes(
         resume=resume,
         metadata=meta,
         keep_checkpoint=keep_checkpoint,
+        warn=lambda message: print(f"warning: {message}", file=sys.stderr),
     )
     for h, info in summary["hooks"].items():
         f = info["final"]

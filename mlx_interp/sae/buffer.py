@@ -8,11 +8,15 @@ yielding float32 NumPy chunks of shape (n_rows, d_in) for every hook (the same r
 token for token, across hooks). ``cursor`` is an integer the source can restart from
 without redoing earlier work, so that a resumed run reads exactly what it would have read.
 
-The shuffle buffer collects chunks until it holds ``buffer_rows`` rows, shuffles them
-with a generator seeded by (seed, block number), and hands out fixed-size batches; the
-rows left over (fewer than a batch) open the next block. Its state is small (the block
-number, the source cursor at the block's start, the leftover rows and how many batches
-of the block were given out), so a checkpoint can hold it.
+The shuffle buffer's order is exact and does not depend on how the source cuts its chunks:
+block b holds the rows left over from block b-1 (fewer than a batch; none for b = 0)
+followed by exactly the next ``buffer_rows`` rows of the source, in source order (fewer only
+when the source ends); the block is permuted with ``numpy.random.default_rng([seed, b])``
+and batch j of the block is rows ``perm[j * batch_size:(j + 1) * batch_size]``; what is left
+(fewer than a batch) opens block b + 1. ``buffer_rows`` below ``batch_size`` counts as
+``batch_size``. The state is small (the block number, the source cursor and row offset of
+the block's first fresh row, the leftover rows and how many batches of the block were given
+out), so a checkpoint can hold it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class ShuffleBuffer:
         state = state or {}
         self.block = int(state.get("block", 0))
         self.block_cursor = int(state.get("block_cursor", 0))
+        self.block_offset = int(state.get("block_offset", 0))
         self.carry: Chunk | None = state.get("carry")
         self.emitted = int(state.get("emitted", 0))
         self.exhausted = False
@@ -78,26 +83,46 @@ class ShuffleBuffer:
         return {
             "block": self.block,
             "block_cursor": self.block_cursor,
+            "block_offset": self.block_offset,
             "carry": self.carry,
             "emitted": self.emitted,
         }
 
+    def _pieces(self, cursor: int, offset: int):
+        """(cursor, offset, rows, next cursor): the source's chunks from ``cursor``, the
+        first without its first ``offset`` rows."""
+        for nxt, chunk in self.source(cursor):
+            check_finite(chunk)
+            if offset:
+                chunk = {h: a[offset:] for h, a in chunk.items()}
+            yield cursor, offset, chunk, nxt
+            cursor, offset = nxt, 0
+
     def __iter__(self) -> Iterator[Chunk]:
-        it = self.source(self.block_cursor)
-        cursor = self.block_cursor
+        stream = self._pieces(self.block_cursor, self.block_offset)
+        pending = None  # a piece of the source not yet (wholly) in a block
         skip = self.emitted
         while True:
             parts = [self.carry] if self.carry else []
+            fresh, start = 0, (self.block_cursor, self.block_offset)
+            while fresh < self.buffer_rows:
+                if pending is None:
+                    try:
+                        pending = next(stream)
+                    except StopIteration:
+                        self.exhausted = True
+                        break
+                cur, off, chunk, nxt = pending
+                m = next(iter(chunk.values())).shape[0]
+                take = min(m, self.buffer_rows - fresh)
+                parts.append({h: a[:take] for h, a in chunk.items()})
+                fresh += take
+                if take == m:
+                    pending, start = None, (nxt, 0)
+                else:
+                    rest = {h: a[take:] for h, a in chunk.items()}
+                    pending, start = (cur, off + take, rest, nxt), (cur, off + take)
             n = sum(next(iter(p.values())).shape[0] for p in parts)
-            while n < self.buffer_rows:
-                try:
-                    cursor, chunk = next(it)
-                except StopIteration:
-                    self.exhausted = True
-                    break
-                check_finite(chunk)
-                parts.append(chunk)
-                n += next(iter(chunk.values())).shape[0]
             if n < self.batch_size:
                 return
             hooks = list(parts[0])
@@ -112,7 +137,7 @@ class ShuffleBuffer:
             rest = perm[n_batches * self.batch_size :]
             self.carry = {h: block[h][rest] for h in hooks} if len(rest) else None
             self.block += 1
-            self.block_cursor = cursor
+            self.block_cursor, self.block_offset = start
             self.emitted = 0
             if self.exhausted:
                 return

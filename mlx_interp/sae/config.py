@@ -124,8 +124,9 @@ class SAEConfig:
             raise ValueError(f"normalize_activations={norm!r} is not supported (only 'none')")
         if cfg.get("reshape_activations", "none") != "none":
             raise ValueError("reshape_activations (hook_z SAEs) is not supported")
-        if cfg.get("rescale_acts_by_decoder_norm"):
-            raise ValueError("rescale_acts_by_decoder_norm=true is not supported")
+        if cfg.get("rescale_acts_by_decoder_norm") and arch != "topk":
+            # SAELens has the option for TopK only; load_sae_folder folds it into the weights
+            raise ValueError(f"rescale_acts_by_decoder_norm=true is not supported for {arch}")
         known = {
             "sae_lens_version",
             "sae_lens_training_version",

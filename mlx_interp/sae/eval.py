@@ -16,7 +16,7 @@ import numpy as np
 from ..activations.rows import MASSIVE_FACTOR
 from . import load_sae, numpy_runner
 from .config import trained_on
-from .metrics import MetricAccumulator, log10_density_histogram
+from .metrics import MetricAccumulator, log10_density_histogram, saebench_core
 
 if TYPE_CHECKING:
     from ..model import HookedModel
@@ -68,6 +68,7 @@ def evaluate_sae(
     acc_massive = MetricAccumulator(sae.cfg.d_sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl, n_pred, n_tok, excluded = 0.0, 0, 0, zero_counts()
+    kl_zero = 0.0
     rows = RowFilter.for_tokenizer(tok, massive_factor)
     checked = False
     for win in iter_windows(tok, texts, context_length, batch_size):
@@ -114,9 +115,16 @@ def evaluate_sae(
             ce[name] += float(-lp[name][np.arange(len(z)), target[idx]].sum())
         p_clean = np.exp(lp["clean"])
         kl += float((p_clean * (lp["clean"] - lp["sae"])).sum())
+        kl_zero += float((p_clean * (lp["clean"] - lp["zero"])).sum())
         n_pred += len(idx[0])
     if acc.n == 0:
         raise ValueError("no evaluation tokens: the data is empty")
+    result = acc.result()
+    w_dec = np.asarray(sae.numpy_params()["W_dec"])
+    core = saebench_core(
+        result, acc.density(), w_dec, kl / n_pred, kl_zero / n_pred,
+        ce["clean"] / n_pred, ce["sae"] / n_pred, ce["zero"] / n_pred,
+    )  # fmt: skip
     report = {
         "sae": str(sae_folder),
         "hook": hook,
@@ -130,7 +138,7 @@ def evaluate_sae(
         "trained_on": trained,
         "overlaps_training_data": source.overlaps(trained),
         "context_length": context_length,
-        **acc.result(),
+        **result,
         "ce_loss_clean": ce["clean"] / n_pred,
         "ce_loss_sae": ce["sae"] / n_pred,
         "ce_loss_zero_ablation": ce["zero"] / n_pred,
@@ -139,6 +147,7 @@ def evaluate_sae(
         "n_predictions": n_pred,
         "rows_left_out": excluded,
         "massive_rows": acc_massive.result() if acc_massive.n else {"n_rows": 0},
+        "saebench": core,
         "note": (
             f"metrics over ordinary tokens; left out ({rows.describe()}) are left out of the "
             "SAE metrics and keep their clean values when splicing; the norm outliers are "
@@ -146,6 +155,18 @@ def evaluate_sae(
         ),
     }
     return report, acc.density()
+
+
+SAEBENCH_SHOWN = (
+    "kl_div_score",
+    "ce_loss_score",
+    "l2_ratio",
+    "relative_reconstruction_bias",
+    "frac_alive",
+    "average_max_decoder_cosine_sim",
+    "freq_over_1_percent",
+    "freq_over_10_percent",
+)
 
 
 def print_report(r: dict) -> None:
@@ -171,6 +192,9 @@ def print_report(r: dict) -> None:
         ("kl_div", "KL(clean || SAE)"),
     ]:
         print(f"  {label:24s} {r[key]:.4f}")
+    print("  SAEBench core metrics:")
+    for key in SAEBENCH_SHOWN:
+        print(f"    {key:30s} {r['saebench'][key]:.4f}")
     m = r["massive_rows"]
     left = r["rows_left_out"]
     print(

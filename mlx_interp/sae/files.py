@@ -95,4 +95,21 @@ def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.
             )
         weights[name] = a
     cfg.dtype = "float32"
+    if raw.get("rescale_acts_by_decoder_norm") and cfg.architecture == "topk":
+        weights = fold_decoder_norms(weights)
     return cfg, weights
+
+
+def fold_decoder_norms(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A SAELens TopK SAE with ``rescale_acts_by_decoder_norm=true`` (its default) as a plain
+    TopK SAE that computes the same thing: SAELens ranks and keeps ``pre_i * ||W_dec_i||`` and
+    decodes ``(f_i / ||W_dec_i||) @ W_dec``; with ``n_i = ||W_dec_i||``, ``W_enc[:, i] * n_i``,
+    ``b_enc_i * n_i`` and ``W_dec_i / n_i`` give the same latents f and the same reconstruction
+    (exact up to float rounding). Latents whose decoder row is zero never fire in either."""
+    n = np.linalg.norm(weights["W_dec"].astype(np.float64), axis=1)
+    safe = np.where(n > 0, n, 1.0)
+    out = dict(weights)
+    out["W_enc"] = (weights["W_enc"].astype(np.float64) * n[None, :]).astype(np.float32)
+    out["b_enc"] = (weights["b_enc"].astype(np.float64) * n).astype(np.float32)
+    out["W_dec"] = (weights["W_dec"].astype(np.float64) / safe[:, None]).astype(np.float32)
+    return out

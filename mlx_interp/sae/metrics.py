@@ -18,6 +18,22 @@ the evaluated rows; the rows left out keep their clean values), on next-token pr
   the same rows by zeros (zero ablation).
 - KL divergence: mean over predicted positions of KL(p_clean || p_sae), in nats.
 
+SAEBench's core metrics (Karvonen et al. 2025, "SAEBench"; definitions as in sae_bench 0.6.0,
+``sae_bench/evals/core/main.py``), over the same rows and predictions as above:
+- kl_div_score: (KL_ablation - KL_sae) / KL_ablation, KL_* the mean over predicted positions
+  of KL(p_clean || p_*), the ablation being the zero ablation above.
+- ce_loss_score: (CE_ablation - CE_sae) / (CE_ablation - CE_clean) (= CE loss recovered).
+- l2_ratio: mean over rows of ||x_hat|| / ||x|| (||x|| under 1e-4 counts as 1).
+- relative_reconstruction_bias: mean ||x_hat||^2 / mean <x, x_hat> (Rajamanoharan et al.
+  2024, eq. 10: the scale gamma minimising E||x_hat / gamma - x||^2; 1 is unbiased, under 1
+  shrinkage). SAEBench averages this ratio batch by batch; here it is one ratio over all rows.
+- frac_alive: fraction of latents with f > 0 on at least one row (1 - dead fraction).
+- average_max_decoder_cosine_sim: mean over latents of the largest cosine similarity of
+  its decoder row with any other latent's (from the weights alone).
+- feature density: each latent's fraction of rows with f > 0 (the histogram above);
+  freq_over_1_percent / freq_over_10_percent: fraction of latents denser than 0.01 / 0.1;
+  normalized_freq_over_1_percent / _10_: their share of the summed densities.
+
 ``MetricAccumulator`` gathers the sums batch by batch in float64 NumPy, so the numbers do
 not depend on the backend that computed x_hat and f.
 """
@@ -37,6 +53,9 @@ class MetricAccumulator:
         self.sum_x = None
         self.l0 = 0.0
         self.cos = 0.0
+        self.l2_ratio = 0.0
+        self.sq_hat = 0.0
+        self.dot = 0.0
         self.fires = np.zeros(d_sae, np.int64)
 
     def add(self, x, x_hat, f) -> None:
@@ -54,7 +73,11 @@ class MetricAccumulator:
         self.l0 += float(active.sum())
         nx = np.linalg.norm(x, axis=1)
         nh = np.linalg.norm(x_hat, axis=1)
-        self.cos += float(((x * x_hat).sum(axis=1) / np.maximum(nx * nh, 1e-30)).sum())
+        dot = (x * x_hat).sum(axis=1)
+        self.cos += float((dot / np.maximum(nx * nh, 1e-30)).sum())
+        self.l2_ratio += float((nh / np.where(np.abs(nx) < 1e-4, 1.0, nx)).sum())
+        self.sq_hat += float((nh * nh).sum())
+        self.dot += float(dot.sum())
         self.fires += active.sum(axis=0)
 
     def density(self) -> np.ndarray:
@@ -75,7 +98,49 @@ class MetricAccumulator:
             "dead_fraction": float((dens == 0).mean()),
             "dense_fraction": float((dens > DENSE_THRESHOLD).mean()),
             "density_window_tokens": self.n,
+            "l2_ratio": self.l2_ratio / self.n,
+            "relative_reconstruction_bias": self.sq_hat / self.dot if self.dot else float("nan"),
         }
+
+
+def max_decoder_cosine_sim(w_dec: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(d_sae,) for each latent the largest cosine similarity of its decoder row (W_dec is
+    (d_sae, d_in)) with any other latent's row (SAEBench's calculate_max_cosine_sim)."""
+    w = np.asarray(w_dec, np.float64)
+    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    out = np.empty(len(w))
+    for start in range(0, len(w), chunk):
+        sims = w[start : start + chunk] @ w.T
+        idx = np.arange(start, min(start + chunk, len(w)))
+        sims[idx - start, idx] = -np.inf
+        out[start : start + chunk] = sims.max(axis=1)
+    return out
+
+
+def saebench_core(
+    result: dict, density: np.ndarray, w_dec: np.ndarray, kl_sae: float, kl_ablation: float,
+    ce_clean: float, ce_sae: float, ce_ablation: float,
+) -> dict:  # fmt: skip
+    """SAEBench's core metrics (see the module docstring) from our accumulated results."""
+    d = np.asarray(density, np.float64)
+    total = d.sum()
+    return {
+        "kl_div_score": (kl_ablation - kl_sae) / kl_ablation,
+        "kl_div_with_sae": kl_sae,
+        "kl_div_with_ablation": kl_ablation,
+        "ce_loss_score": (ce_ablation - ce_sae) / (ce_ablation - ce_clean),
+        "ce_loss_with_sae": ce_sae,
+        "ce_loss_without_sae": ce_clean,
+        "ce_loss_with_ablation": ce_ablation,
+        "l2_ratio": result["l2_ratio"],
+        "relative_reconstruction_bias": result["relative_reconstruction_bias"],
+        "frac_alive": float((d > 0).mean()),
+        "average_max_decoder_cosine_sim": float(max_decoder_cosine_sim(w_dec).mean()),
+        "freq_over_1_percent": float((d > 0.01).mean()),
+        "freq_over_10_percent": float((d > 0.1).mean()),
+        "normalized_freq_over_1_percent": float(d[d > 0.01].sum() / total) if total else 0.0,
+        "normalized_freq_over_10_percent": float(d[d > 0.1].sum() / total) if total else 0.0,
+    }
 
 
 def log10_density_histogram(density: np.ndarray, path, title: str = "") -> None:

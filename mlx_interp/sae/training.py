@@ -79,7 +79,7 @@ class TrainConfig:
     normalize_activations: bool = option(True, "train on raw activations", flag="--no-normalize")
     b_dec_init: str = "geometric_median"
     init_rows: int = 16384
-    buffer_rows: int = option(65536, "shuffle buffer size")
+    buffer_rows: int = option(65536, "rows per shuffle block, exactly (see sae.buffer)")
     sparse_decode: bool = option(True, "TopK: decode with a dense product", flag="--dense-decode")
     seed: int = option(0, "random seed")
     log_every: int = option(50, "steps between log lines")
@@ -454,6 +454,7 @@ def train_sae(
     stop_after_steps: int | None = None,
     world: World | None = None,
     keep_checkpoint: bool = False,
+    warn=None,
 ) -> dict:
     """Train one SAE per hook on batches from ``source``; write ``out/<hook>/`` SAELens folders.
 
@@ -465,7 +466,8 @@ def train_sae(
     ``out/training.json``. ``stop_after_steps`` ends early (leaving a checkpoint), as a
     killed run would; a later call with the same arguments resumes. A finished run removes
     ``out/checkpoint/`` unless ``keep_checkpoint``; calling again with the same settings
-    returns the finished run's summary.
+    returns the finished run's summary. ``warn(message)`` is told of a run too short for its
+    width (default: ``warnings.warn``).
 
     Data-parallel (``mlx.launch -n N -- mlx-interp train-sae ...``; ``world`` defaults to
     ``mlx_interp.distributed.world()``): every rank reads the same global batches from
@@ -532,9 +534,12 @@ def train_sae(
             return done
     warning = short_run_warning(tc) if ckpt is None else None
     if warning:
-        import warnings
+        if warn is None:
+            import warnings
 
-        warnings.warn(warning, stacklevel=2)
+            warnings.warn(warning, UserWarning, stacklevel=2)
+        else:
+            warn(warning)
     cfgs = {h: tcs[h].sae_config(d_ins[h], h, model_name) for h in hooks}
     if ckpt is not None:
         meta, states, buffer_state = ckpt
