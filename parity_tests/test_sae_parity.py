@@ -133,3 +133,26 @@ def test_training_curves_match(arch, tmp_path):
     # it learned something
     log = runs["mlx"]["log"]
     assert log[-1]["h"]["mse"] < 0.7 * log[0]["h"]["mse"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(decoder_constraint="project"), dict(grad_clip=0.01), dict(lr_decay_shape="cosine")],
+    ids=["project", "clip", "cosine"],
+)
+def test_training_options_match(options, tmp_path):
+    """The recipe's options (decoder-gradient projection, gradient clipping, cosine decay)
+    give the same curves and weights in both backends."""
+    data = _data(12000)
+    tc = TrainConfig(architecture="topk", d_sae=128, k=6, tokens=256 * 40, batch_size=256,
+                     lr=1e-3, log_every=10, checkpoint_every=1000, **options)  # fmt: skip
+    runs = {}
+    for be in ("mlx", "torch"):
+        runs[be] = train_sae(data, "h", 16, tc, tmp_path / be, backend=be, progress=False)
+    for key in ("loss", "mse", "explained_variance", "l0"):
+        a = np.array([r["h"][key] for r in runs["mlx"]["log"]])
+        b = np.array([r["h"][key] for r in runs["torch"]["log"]])
+        assert relative_error(a, b) < CURVE_TOL, f"{key}: {relative_error(a, b):.2e}"
+    m, t = SAE.load(tmp_path / "mlx" / "h"), tsae.SAE.load(tmp_path / "torch" / "h")
+    for name in m.params:
+        assert relative_error(m.params[name], t.params[name].numpy()) < WEIGHT_TOL, name

@@ -437,3 +437,65 @@ def test_saebench_core_metrics_match_their_definitions():
     np.fill_diagonal(cos, -np.inf)
     np.testing.assert_allclose(max_decoder_cosine_sim(w_dec, chunk=7), cos.max(1))
     assert core["average_max_decoder_cosine_sim"] == pytest.approx(cos.max(1).mean())
+
+
+def test_train_sae_from_arrays_and_a_hook_string(tmp_path):
+    data = synthetic(6000)
+    tc = TrainConfig(d_sae=40, k=4, tokens=256 * 10, batch_size=256, log_every=5, lr=3e-3)
+    a = train_sae(data, "h", tc=tc, out=tmp_path / "np", progress=False)
+    b = train_sae(mx.array(data), "h", tc=tc, out=tmp_path / "mx", progress=False)
+    c = train_sae({"h": data}, ["h"], tc=tc, out=tmp_path / "dict", progress=False)
+    assert a["steps"] == b["steps"] == c["steps"] == 10
+    w = [np.array(SAE.load(tmp_path / n / "h").W_enc) for n in ("np", "mx", "dict")]
+    np.testing.assert_array_equal(w[0], w[1])
+    np.testing.assert_array_equal(w[0], w[2])
+    assert not (tmp_path / "np" / "checkpoint").exists()  # removed after a finished run
+    again = train_sae(data, "h", tc=tc, out=tmp_path / "np", progress=False)
+    assert again["steps"] == 10 and again["log"] == a["log"]  # the finished run, not retrained
+    train_sae(data, "h", tc=tc, out=tmp_path / "keep", progress=False, keep_checkpoint=True)
+    assert (tmp_path / "keep" / "checkpoint" / "trainer.json").exists()
+    with pytest.raises(ValueError, match="one array feeds one hook"):
+        train_sae(data, ["h", "g"], tc=tc, out=tmp_path / "x", progress=False)
+
+
+def test_more_tokens_than_rows_fails_up_front_and_blocks_nothing(tmp_path):
+    data = synthetic(3000)
+    tc = TrainConfig(d_sae=40, k=4, tokens=256 * 20, batch_size=256, lr=3e-3)
+    with pytest.raises(ValueError) as e:
+        train_sae(data, "h", tc=tc, out=tmp_path, progress=False)
+    msg = str(e.value)
+    assert "5120 training tokens" in msg and "at most 2816 tokens" in msg and "--" not in msg
+    assert not (tmp_path / "checkpoint").exists()
+    tc.tokens = 2816
+    assert train_sae(data, "h", tc=tc, out=tmp_path, progress=False)["steps"] == 11
+    # a source that does not know its size runs out at the end: same message, no checkpoint
+    src = array_source({"h": data})
+    del src.n_rows
+    tc.tokens = 256 * 20
+    with pytest.raises(ValueError, match="ran out after 11 of 20 steps") as e:
+        train_sae(src, "h", tc=tc, out=tmp_path / "b", progress=False)
+    assert "--" not in str(e.value) and not (tmp_path / "b" / "checkpoint").exists()
+
+
+def test_config_refuses_contradictions():
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(d_sae=64, expansion=4).resolve(12)
+    with pytest.raises(ValueError, match="aux_k=100"):
+        TrainConfig(d_sae=64, aux_k=100).resolve(12)
+    tc = TrainConfig(tokens=4096 * 102).resolve(576)
+    assert tc.lr_warmup_steps == 10 and tc.d_sae == 9216
+    assert TrainConfig(tokens=4096 * 10_000).resolve(576).lr_warmup_steps == 500
+    assert TrainConfig(tokens=4096 * 20).resolve(576).lr_warmup_steps == 5  # <= 1/4 of the run
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_decoder_projection_and_clipping_train(tmp_path, backend):
+    data = synthetic(6000)
+    for name, kw in (("proj", dict(decoder_constraint="project")), ("clip", dict(grad_clip=0.5)),
+                     ("init", dict(dec_init_norm=0.5))):  # fmt: skip
+        tc = TrainConfig(d_sae=40, k=4, tokens=256 * 20, batch_size=256, lr=3e-3, log_every=5, **kw)
+        s = train_sae(data, "h", tc=tc, out=tmp_path / name, backend=backend, progress=False)
+        assert s["hooks"]["h"]["final"]["explained_variance"] > 0.05
+        sae = SAE.load(tmp_path / name / "h")
+        norms = np.linalg.norm(np.array(sae.W_dec), axis=1) * s["hooks"]["h"]["input_scale"]
+        np.testing.assert_allclose(norms, 1, rtol=1e-4)

@@ -6,7 +6,15 @@
 
 from .config import ARCHITECTURES, SAEConfig
 
-__all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "load_sae", "numpy_runner"]
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "SAEConfig",
+    "TrainConfig",
+    "load_sae",
+    "numpy_runner",
+    "train_sae",
+]
 
 
 def load_sae(sae, backend: str = "mlx"):
@@ -60,4 +68,8 @@ def __getattr__(name: str):
         from .sae import SAE
 
         return SAE
+    if name in ("TrainConfig", "train_sae"):
+        from . import training
+
+        return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
