@@ -105,6 +105,7 @@ def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, cap
     assert (
         f"| explained variance | {metrics['explained_variance']:.4g} |" in report
     )  # numbers from artefacts
+    assert f"| `kl_div_score` | {metrics['saebench']['kl_div_score']:.4g} |" in report
     assert "_Not run: no `bench/`" in report
 
 
