@@ -421,6 +421,9 @@ def _cast_float_params(model: nn.Module, dtype: mx.Dtype) -> None:
     ]
     if cast:
         model.load_weights(cast, strict=False)
+    for _, m in model.named_modules():
+        if isinstance(m, quantized.QuantizedEmbedding):
+            m.compute_dtype = dtype
 
 
 def _load_tokenizer(folder: Path):

@@ -159,16 +159,32 @@ def compare_backends(
     dtype: str = "float32",
     mlx_model: HookedModel = None,
     ref_model=None,
+    quantize: int | None = None,
+    group_size: int = 64,
 ) -> ParityReport:
-    """Run MLX (at ``dtype``) and torch_ref (float32, CPU) on the same tokens, compare all hooks."""
+    """Run MLX (at ``dtype``) and torch_ref (float32, CPU) on the same tokens, compare all hooks.
+
+    With ``quantize=bits``, MLX runs the model quantized and torch_ref runs the dequantized
+    weights (it unpacks mlx-lm's format itself): both read one mlx-lm folder written by
+    ``convert`` into a temporary folder, the same weights ``load_model(quantize=)`` makes.
+    """
+    if quantize is not None and (mlx_model is None or ref_model is None):
+        import tempfile
+        from pathlib import Path
+
+        from .convert import convert
+
+        with tempfile.TemporaryDirectory(prefix="mlx-interp-parity-") as tmp:
+            folder = convert(source, Path(tmp) / "q", quantize, group_size, dtype="float32")
+            report = compare_backends(
+                folder, text, dtype, _load_mlx(folder, dtype), _load_ref(folder)
+            )
+        report.source = f"{source} ({quantize}-bit, group size {group_size})"
+        return report
     import torch
 
-    from torch_ref import load_model as load_torch
-
-    from .model import load_model
-
-    model = mlx_model or load_model(source, dtype=dtype)
-    ref = ref_model or load_torch(source, device="cpu", dtype="float32")
+    model = mlx_model or _load_mlx(source, dtype)
+    ref = ref_model or _load_ref(source)
     tokens, mask = model.tokenize(text)
     logits, cache = model.run_with_cache(tokens, attention_mask=mask)
     t_tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
@@ -177,3 +193,53 @@ def compare_backends(
     return compare_caches(
         cache, ref_cache, logits, ref_logits, model.hook_names, dtype, str(source), tokens.size
     )
+
+
+def _load_mlx(source, dtype: str):
+    from .model import load_model
+
+    return load_model(source, dtype=dtype)
+
+
+def _load_ref(source):
+    from torch_ref import load_model as load_torch
+
+    return load_torch(source, device="cpu", dtype="float32")
+
+
+def quantization_error(
+    source: str, text: str | list[str], bits: int, group_size: int = 64, float_model=None
+) -> ParityReport:
+    """The error quantization itself makes, per hook point: MLX with ``bits``-bit weights
+    against MLX in float32, on the same tokens (relative error, as everywhere here).
+
+    Not a contract: the rows' tolerance is infinite; ``per_layer`` gives the curves.
+    """
+    from .model import load_model
+
+    f = float_model or load_model(source)
+    q = load_model(source, quantize=bits, group_size=group_size)
+    tokens, mask = f.tokenize(text)
+    f_logits, f_cache = f.run_with_cache(tokens, attention_mask=mask)
+    q_logits, q_cache = q.run_with_cache(tokens, attention_mask=mask)
+    report = ParityReport(f"{source} ({bits}-bit vs float32)", f"{bits}-bit", tokens.size)
+    for name in f.hook_names:
+        b = to_numpy(f_cache[name], np.float64)
+        report.rows.append(
+            Row(name, b.shape, relative_error(to_numpy(q_cache[name], np.float64), b), np.inf)
+        )
+    b = to_numpy(f_logits, np.float64)
+    report.rows.append(
+        Row("logits", b.shape, relative_error(to_numpy(q_logits, np.float64), b), np.inf)
+    )
+    return report
+
+
+def per_layer(report: ParityReport, kinds=("hook_resid_post", "hook_attn_out", "hook_mlp_out")):
+    """{kind: [relative error of blocks.L.<kind> for L = 0, 1, ...]} from a report's rows."""
+    out: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in report.rows:
+        parts = r.name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "blocks" and parts[2] in out:
+            out[parts[2]].append(r.rel_error)
+    return out

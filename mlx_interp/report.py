@@ -324,6 +324,10 @@ def parity_section(r: Report) -> None:
     r.observations.append(
         f"MLX and the PyTorch reference agree at every hook point ({rep.summary()})"
     )
+    if (r.run / "basics" / "quantization_error.png").exists():
+        r.add("What 4-bit and 8-bit weights (mlx-lm's affine quantization, group size 64) "
+              "change, layer by layer, against float32 (`mlx-interp parity --quantize 4`):", "")  # fmt: skip
+        r.figure(r.run / "basics" / "quantization_error.png", "Quantization error per layer")
 
 
 def bench_section(r: Report) -> None:

@@ -220,3 +220,26 @@ def test_bad_quantized_input_is_one_line(llama3, ours_4bit, checkpoint_dir, tmp_
     assert "already exists" in err
     err = one_line_error(capsys, ["convert", str(ours_4bit), "--quantize", "4", "--out", str(tmp_path / "x")])  # fmt: skip
     assert "already quantized" in err and not (tmp_path / "x").exists()
+
+
+def test_parity_quantize_and_the_demo_quantization_plot(llama3, checkpoint_dir, tmp_path, capsys):
+    from mlx_interp.cli.demo import quantization_errors
+    from mlx_interp.parity import per_layer, quantization_error
+
+    assert (
+        main(["parity", "--model", str(llama3), "--quantize", "4", "--text", "the quick fox"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "(4-bit, group size 64)" in out and "PASS" in out and "hook_resid_post" in out
+    e4, e8 = (per_layer(quantization_error(llama3, ["the quick fox"], b)) for b in (4, 8))
+    assert (
+        len(e4["hook_resid_post"]) == 3
+        and 0 < e8["hook_resid_post"][-1] < e4["hook_resid_post"][-1]
+    )
+    quantization_errors(load_model(llama3), tmp_path / "b", log=lambda s: None)
+    assert (tmp_path / "b" / "quantization_error.png").stat().st_size > 1000
+    lines = []
+    quantization_errors(
+        load_model(checkpoint_dir("llama-gqa-untied")), tmp_path / "c", lines.append
+    )
+    assert "skipped" in lines[0] and not (tmp_path / "c" / "quantization_error.png").exists()

@@ -480,3 +480,25 @@ def token_occurrences_report(ta, out: str | Path, title_model: str = "") -> list
         fig.colorbar(im, ax=ax, label="cosine similarity")
         written.append(save_figure(fig, out / f"similarity_{h}.png"))
     return written
+
+
+def quantization_error_plot(
+    curves: dict[int, dict[str, list[float]]], path: str | Path, model_name: str = ""
+) -> Path:
+    """Relative error per layer that quantization makes, one line per (bits, hook kind).
+
+    ``curves``: {bits: parity.per_layer(parity.quantization_error(...))}. Log scale.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    styles = {"hook_resid_post": "-", "hook_mlp_out": "--", "hook_attn_out": ":"}
+    for i, (bits, by_kind) in enumerate(sorted(curves.items())):
+        for kind, values in by_kind.items():
+            ax.plot(range(len(values)), values, styles.get(kind, "-"), color=f"C{i}",
+                    label=f"{bits}-bit {kind}")  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("||quantized - float32|| / ||float32||")
+    ax.set_title(f"Quantization error per layer{_of(model_name)} (group size 64)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

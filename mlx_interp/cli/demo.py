@@ -70,9 +70,28 @@ def basics(model, out: Path, top_k: int = 5, log=print) -> dict:
     write_text(out / "parity.json", report.to_json())
     write_text(out / "parity.txt", report.table() + "\n" + report.summary() + "\n")
     log(f"      {report.summary()}")
+    quantization_errors(model, out, log)
     residual_norm_heatmap(model, HEATMAP_TEXT, out / "residual_norms.png")
     write_json(out / "machine.json", machine_summary())
     return {"ok": report.ok, "summary": report.summary()}
+
+
+def quantization_errors(model, out: Path, log=print) -> None:
+    """What 4-bit and 8-bit weights change, per layer: quantization_error.png and .json."""
+    from ..analysis.plots import quantization_error_plot
+    from ..parity import per_layer, quantization_error
+
+    try:
+        curves = {b: per_layer(r := quantization_error(model.source, PROMPTS[:2], b, float_model=model))
+                  for b in (4, 8)}  # fmt: skip
+    except ValueError as e:  # GPT-2, a quantized model, widths the group size does not divide
+        log(f"      quantization error: skipped ({e})")
+        return
+    write_json(out / "quantization_error.json", {"group_size": 64, "per_layer": curves,
+                                                  "logits_8bit": r.rows[-1].rel_error})  # fmt: skip
+    quantization_error_plot(curves, out / "quantization_error.png", model.source)
+    last = {b: c["hook_resid_post"][-1] for b, c in curves.items()}
+    log(f"      quantization error at the last residual: 4-bit {last[4]:.2e}, 8-bit {last[8]:.2e}")
 
 
 def _bench(out: Path) -> Callable[[], None]:

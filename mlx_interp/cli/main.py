@@ -43,9 +43,21 @@ def cmd_parity(args) -> int:
     from ..parity import compare_backends
 
     texts = args.text or PROMPTS[:2]
-    report = compare_backends(args.model, texts, dtype=args.dtype)
+    report = compare_backends(
+        args.model, texts, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+    )
     print(report.table(only_failures=args.failures_only))
     print(report.summary())
+    if args.quantize:  # and what quantizing costs, layer by layer (informational)
+        from ..parity import per_layer, quantization_error
+
+        err = quantization_error(args.model, texts, args.quantize, args.group_size)
+        curves = per_layer(err)
+        print(f"\nquantization error, {err.source}: relative error per layer")
+        print(f"{'layer':>5s} " + " ".join(f"{k:>16s}" for k in curves))
+        for i, row in enumerate(zip(*curves.values(), strict=True)):
+            print(f"{i:5d} " + " ".join(f"{v:16.2e}" for v in row))
+        print(f"logits {err.rows[-1].rel_error:.2e}")
     if args.json:
         from ..io import write_text
 

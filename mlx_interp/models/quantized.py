@@ -159,6 +159,8 @@ def on_load_predicate(group_size: int, bits: int):
 def _dequantized_product(x: mx.array, layer: nn.Module) -> mx.array:
     """x (..., in) @ dequantize(weight).T -> (..., out), the weight dequantized in row blocks."""
     w, s, b = layer["weight"], layer["scales"], layer.get("biases")
+    # Scales stored in half precision (mlx-lm's usual) give the weight in x's precision.
+    s, b = s.astype(x.dtype), (None if b is None else b.astype(x.dtype))
     rows = max(1, DEQUANT_BLOCK // max(1, w.shape[1] * 32 // layer.bits))
     outs = []
     for i in range(0, w.shape[0], rows):
@@ -166,15 +168,16 @@ def _dequantized_product(x: mx.array, layer: nn.Module) -> mx.array:
         wf = mx.dequantize(
             w[sl], s[sl], None if b is None else b[sl], layer.group_size, layer.bits, layer.mode
         )
-        outs.append(x @ wf.astype(x.dtype).T)
+        outs.append(x @ wf.T)
     return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=-1)
 
 
 def _quantized_product(x: mx.array, layer: nn.Module) -> mx.array:
     if mx.default_device() == mx.cpu:
         return _dequantized_product(x, layer)
+    s, b = layer["scales"], layer.get("biases")
     out = mx.quantized_matmul(
-        x, layer["weight"], scales=layer["scales"], biases=layer.get("biases"),
+        x, layer["weight"], scales=s.astype(x.dtype), biases=None if b is None else b.astype(x.dtype),
         transpose=True, group_size=layer.group_size, bits=layer.bits, mode=layer.mode,
     )  # fmt: skip
     return out.astype(x.dtype)
@@ -189,7 +192,24 @@ class QuantizedLinear(nn.QuantizedLinear):
 
 
 class QuantizedEmbedding(nn.QuantizedEmbedding):
-    """MLX's QuantizedEmbedding; ``as_linear`` (a tied unembedding) takes the CPU path above."""
+    """MLX's QuantizedEmbedding; ``as_linear`` (a tied unembedding) takes the CPU path above.
+
+    ``compute_dtype`` (set by the loader to the activations' dtype) is the dtype of the
+    embeddings it returns: half-precision scales do not round float32 embeddings.
+    """
+
+    compute_dtype = None
+
+    def __call__(self, x: mx.array) -> mx.array:
+        s, b = self["scales"][x], self.get("biases")
+        b = None if b is None else b[x]
+        if self.compute_dtype is not None:
+            s, b = (
+                s.astype(self.compute_dtype),
+                (None if b is None else b.astype(self.compute_dtype)),
+            )
+        w = self["weight"][x]
+        return mx.dequantize(w, s, b, self.group_size, self.bits, self.mode)
 
     def as_linear(self, x: mx.array) -> mx.array:
         return _quantized_product(x, self)
