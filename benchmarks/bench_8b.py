@@ -185,6 +185,43 @@ def measure(folder: Path, n_tokens: int) -> dict:
     }  # fmt: skip
 
 
+def cpu_path(t: int = 64, d: int = 1024, f: int = 4096, rounds: int = 3) -> dict:
+    """The two ways to multiply by a 4-bit weight, interleaved (A B A B ...) on one shape:
+    ``mx.quantized_matmul`` and what a quantized layer does on the CPU (dequantize, then a
+    float32 matmul through the BLAS), with a float32 matmul for scale. GFLOP/s, best round."""
+    import mlx.core as mx
+
+    import mlx_interp  # noqa: F401  (binds the optimised BLAS first)
+    from mlx_interp.models.quantized import _dequantized_product
+    from mlx_interp.system import blas_info
+
+    lin = __import__("mlx.nn", fromlist=["nn"]).QuantizedLinear(d, f, bias=False, group_size=64, bits=4)  # fmt: skip
+    x, w = mx.random.normal((t, d)), mx.random.normal((f, d))
+    mx.eval(lin.parameters(), x, w)
+    ways = {
+        "quantized_matmul": lambda: mx.quantized_matmul(
+            x, lin.weight, lin.scales, lin.biases, transpose=True, group_size=64, bits=4
+        ),  # fmt: skip
+        "dequantize + matmul (our CPU path)": lambda: _dequantized_product(x, lin),
+        "float32 matmul": lambda: x @ w.T,
+    }
+    best = dict.fromkeys(ways, float("inf"))
+    load0 = os.getloadavg()[0]
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            mx.eval(fn())
+            t0 = time.perf_counter()
+            mx.eval(fn())
+            best[name] = min(best[name], time.perf_counter() - t0)
+    flop = 2 * t * d * f
+    return {
+        "step": "cpu_path", "shape": f"({t} x {d}) @ ({d} x {f})", "blas": blas_info(),
+        "device": str(mx.default_device()),
+        "gflops": {k: round(flop / v / 1e9, 2) for k, v in best.items()},
+        "load_avg": [load0, os.getloadavg()[0]],
+    }  # fmt: skip
+
+
 def _child(argv: list[str]) -> dict:
     import subprocess
 
@@ -231,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     p.add_argument("--tokens", type=int, nargs="+", default=[32, 128])
     p.add_argument("--rebuild", action="store_true", help="write the folder again")
+    p.add_argument("--cpu-path", action="store_true", help="only compare the two 4-bit products")
     p.add_argument("--child-build", help=argparse.SUPPRESS)
     p.add_argument("--child-measure", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -239,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.child_measure:
         print(json.dumps(measure(Path(a.child_measure[0]), int(a.child_measure[1]))))
+        return 0
+    if a.cpu_path:
+        print(json.dumps(cpu_path()))
         return 0
     rows = run(a.shape, a.tokens, a.rebuild)
     print(table(rows))

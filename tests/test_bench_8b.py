@@ -31,3 +31,8 @@ def test_tiny_shape_builds_loads_and_runs(tmp_path):
     x = mx.arange(12)[None]
     ours = load_model(folder)(x)
     assert float(mx.linalg.norm(ours - ref(x)) / mx.linalg.norm(ref(x))) < 1e-5
+
+
+def test_cpu_path_comparison_runs():
+    row = bench_8b.cpu_path(4, 64, 128, rounds=1)
+    assert set(row["gflops"]) == {"quantized_matmul", "dequantize + matmul (our CPU path)", "float32 matmul"}  # fmt: skip

@@ -14,7 +14,7 @@ The CPU path. On the CPU, ``mx.quantized_matmul`` is many times slower than a fl
 product through an optimised BLAS (see the README's measurements), so on the CPU a quantized
 layer dequantizes its weight just before use (in row blocks of at most ``DEQUANT_BLOCK``
 elements, so the float copy of the 128256-row unembedding never exists at once) and runs a
-plain matmul; the float copies are temporaries of the lazy graph, freed after their product.
+plain matmul, evaluated block by block (the float copies would otherwise pile up: see _now).
 On a GPU the quantized kernels run, as in mlx-lm.
 """
 
@@ -168,8 +168,23 @@ def _dequantized_product(x: mx.array, layer: nn.Module) -> mx.array:
         wf = mx.dequantize(
             w[sl], s[sl], None if b is None else b[sl], layer.group_size, layer.bits, layer.mode
         )
-        outs.append(x @ wf.T)
+        outs.append(_now(x @ wf.T))
     return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=-1)
+
+
+def _now(y: mx.array) -> mx.array:
+    """Evaluate y at once, so that one block's float weight is freed before the next is made.
+
+    The CPU backend allocates an operation's output when the operation is queued, not when it
+    runs: evaluated as one graph, a forward pass would hold every layer's dequantized weight
+    at once (30 GB for an 8B model). Inside mx.compile or mx.vmap, where evaluation is not
+    allowed, y stays lazy. mx.grad is unaffected (it evaluates the forward values only).
+    """
+    try:
+        mx.eval(y)
+    except ValueError:
+        pass
+    return y
 
 
 def _quantized_product(x: mx.array, layer: nn.Module) -> mx.array:
