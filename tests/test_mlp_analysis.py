@@ -193,3 +193,15 @@ def test_bad_input_is_one_line_errors(checkpoint_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and msg in err and len(err.splitlines()) == 1, (extra, err)
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_without_token_table(run):
+    from mlx_interp.features.mlp import compute_mlp_stats
+
+    cfg = MLPConfig(tokens=8 * C, context_length=C, layers="1", token_table=False)
+    r = compute_mlp_stats(run["model"], _docs(), cfg)
+    st = r["stats"][1]
+    assert all(len(t.keys) == 0 and not t._pending for t in st.tables)
+    np.testing.assert_array_equal(
+        st.fires / st.n_tokens, layer_stores(run["out"])[1].arrays["density"]
+    )

@@ -51,7 +51,7 @@ def perturbed(base, tmp_path_factory):
 def test_mlp_analysis_on_the_embedded_model(base, tmp_path):
     from mlx_interp.features.mlp import MLPConfig, layer_stores, run_mlp_analysis
 
-    cfg = MLPConfig(layers="0,15,29", tokens=256, pages_per_layer=1, top_k=8)
+    cfg = MLPConfig(layers="0,15,29", tokens=256, pages_per_layer=1, top_k=8, model_batch_size=2)
     s = run_mlp_analysis(base, tmp_path, TEXT, cfg=cfg)
     assert s["layers"] == [0, 15, 29] and s["d_mlp"] == 1536
     assert s["left_out"]["position_0"] == 2 and s["tokens_counted"] > 150
@@ -65,7 +65,7 @@ def test_mlp_analysis_on_the_embedded_model(base, tmp_path):
 def test_diff_points_at_the_perturbed_layer(base, perturbed, tmp_path):
     from mlx_interp.analysis.diff import DiffConfig, run_diff
 
-    cfg = DiffConfig(tokens=256, lens_tokens=32, resident="both", top_neurons=4)
+    cfg = DiffConfig(tokens=256, lens_tokens=32, resident="both", top_neurons=4, model_batch_size=2)
     r = run_diff(base, str(perturbed), tmp_path, TEXT, cfg=cfg)
     assert r["first_difference"]["hook"] == f"blocks.{LAYER}.hook_mlp_out"
     rows = {x["layer"]: x for x in r["by_layer"]}

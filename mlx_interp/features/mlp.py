@@ -55,6 +55,8 @@ class MLPConfig:
     batch_mb: float = option(256.0, "activation memory per forward pass, MiB (caps windows per pass)")  # fmt: skip
     context_length: int = option(128, "tokens per context window")
     model_batch_size: int = option(8, "context windows per forward pass (at most)")
+    token_table: bool = option(True, "skip the (token, neuron) table: faster, but no explanation scores and no top neurons per token",
+                               flag="--no-token-table")  # fmt: skip
     massive_factor: float = 10.0
     context_left: int = 8
     context_right: int = 3
@@ -129,7 +131,8 @@ def compute_mlp_stats(model, texts=None, cfg: MLPConfig | None = None, progress:
     V = max(len(tok), model.cfg.d_vocab)
     per_table = max(10_000, cfg.pair_budget // (2 * len(layers)))
     scfg = StatsConfig(top_k=cfg.top_k, context_left=cfg.context_left,
-                       context_right=cfg.context_right, max_pairs=per_table, compact_every=per_table)  # fmt: skip
+                       context_right=cfg.context_right, max_pairs=per_table, compact_every=per_table,
+                       token_table=cfg.token_table)  # fmt: skip
     stats = {L: UnitStats(model.cfg.d_mlp, V, scfg) for L in layers}
     sums = {L: np.zeros(4) for L in layers}  # sum |mlp_out|, sum |resid_mid|, sum ratio, rows
     hooks = [h for L in layers for h in (neuron_hook(L), f"blocks.{L}.hook_mlp_out", f"blocks.{L}.hook_resid_mid")]  # fmt: skip
@@ -328,6 +331,8 @@ def _csv(v) -> str:
 def top_neurons_per_token(stores: dict, cfg: MLPConfig, tokens=()) -> list[dict]:
     """The ``tokens_listed`` most frequent counted tokens (and ``tokens``), each with its
     top neurons over all layers (``neurons_for_token``)."""
+    if not cfg.token_table:
+        return []
     first = next(iter(stores.values()))
     counts = first.arrays["token_count"]
     ids = [token_id(first, t) for t in tokens]
@@ -339,6 +344,8 @@ def top_neurons_per_token(stores: dict, cfg: MLPConfig, tokens=()) -> list[dict]
 
 
 def _per_token_md(per_token: list[dict]) -> str:
+    if not per_token:
+        return "Top neurons per token: not gathered (run without --no-token-table).\n"
     lines = ["Top neurons per token, over all analysed layers: z = (mean a+ on the token - mean a+) / std a+", "",  # fmt: skip
              "| token | occurrences | neurons (layer/neuron: z, mean on token) |", "| --- | --- | --- |"]  # fmt: skip
     for r in per_token:

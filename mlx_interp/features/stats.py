@@ -40,6 +40,7 @@ class StatsConfig:
     context_right: int = 4  # and after
     max_pairs: int = 8_000_000  # (token, unit) pairs kept in the token table
     compact_every: int = 4_000_000  # pending pairs that trigger a compaction of the table
+    token_table: bool = True  # False: no (token, unit) table (no explanation score), faster
 
 
 class SparseTable:
@@ -143,6 +144,8 @@ class UnitStats:
             Ah = A[rows_h]
             self.half_sum[h] += Ah.sum(0, dtype=np.float64)
             self.half_sumsq[h] += (Ah.astype(np.float64) ** 2).sum(0)
+            if not self.cfg.token_table:
+                continue
             sel = half[rows] == h
             self.tables[h].add(tok[rows[sel]] * U + units[sel], vals[sel].astype(np.float64))
         self._merge_top(A, a, keep, real, tok, doc, n_win, C, first_window)
