@@ -154,8 +154,9 @@ class UnitStats:
         K = self.cfg.top_k
         R, U = A.shape
         kk = min(K, R)
-        cand_rows = np.argpartition(-A, kk - 1, axis=0)[:kk].T  # (U, kk) batch rows
-        cand_vals = np.take_along_axis(A.T, cand_rows, axis=1)
+        AT = np.ascontiguousarray(A.T)  # selecting along a contiguous axis is 2-3x faster
+        cand_rows = np.argpartition(-AT, kk - 1, axis=1)[:, :kk]  # (U, kk) batch rows
+        cand_vals = np.take_along_axis(AT, cand_rows, axis=1)
         cand_vals = np.where(cand_vals > 0, cand_vals, -np.inf).astype(np.float32)
         all_vals = np.concatenate([self.top_vals, cand_vals], axis=1)
         order = np.argsort(-all_vals, axis=1, kind="stable")[:, :K]  # old entries win ties
