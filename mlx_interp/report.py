@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import write_text
+from .system import CHROMIUM_FLAGS, find_chromium
 
 
 def _load(path: Path):
@@ -130,6 +131,7 @@ def activations_section(r: Report) -> None:
         return
     for line in index.read_text().splitlines()[3:]:  # its own title and model line are ours
         line = line.replace("](", f"]({r.rel(analysis)}/") if line.startswith("![") else line
+        line = line.replace("](views/", f"]({r.rel(analysis)}/views/")  # interactive views
         if line.startswith("Numbers: "):
             line = "Numbers: " + ", ".join(
                 f"`{r.rel(analysis)}/{n.strip(' `')}`" for n in line[9:].split(",")
@@ -399,20 +401,181 @@ def conclusions_section(r: Report) -> None:
 def build_report(
     run: str | os.PathLike, out: str | os.PathLike | None = None, pdf: bool = True
 ) -> Path:
-    """Write the Markdown report for ``run`` (default ``run/report.md``); a PDF beside it
-    when pandoc is installed and ``pdf``. Returns the Markdown path."""
+    """Write the report for ``run``: Markdown (default ``run/report.md``), the same as HTML
+    beside it (``report.html``: figures embedded, styled tables, links to the dashboards and
+    views) and, when ``pdf`` and Chromium is installed, ``report.pdf`` printed from the HTML
+    by headless Chromium (else by pandoc, when installed). Returns the Markdown path."""
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"run folder {run} does not exist; run `mlx-interp demo` or pass --run")
     out = Path(out) if out else run / "report.md"
     r = Report(run, out.resolve() if out.is_absolute() else (Path.cwd() / out))
     pipeline = _load(run / "pipeline.json") or {}
-    r.add(f"# mlx-interp report: {pipeline.get('model', run.name)}", "")
-    for section in (setup_section, activations_section, sae_section, features_section, mlp_section,
-                    diff_section, parity_section, bench_section, conclusions_section):  # fmt: skip
+    title = f"mlx-interp report: {pipeline.get('model', run.name)}"
+    r.add(f"# {title}", "")
+    for section in (setup_section, pages_section, activations_section, sae_section, features_section,
+                    mlp_section, diff_section, parity_section, bench_section, conclusions_section):  # fmt: skip
         section(r)
     write_text(out, "\n".join(r.lines) + "\n")
-    if pdf and shutil.which("pandoc"):
-        subprocess.run(["pandoc", out.name, "-o", out.with_suffix(".pdf").name],
+    try:
+        html_path = write_html(out, title)
+    except ImportError:  # an environment set up before `markdown` became a dependency
+        print("no report.html: it needs the markdown package (pip install markdown)")
+        return out
+    pdf_path = out.with_suffix(".pdf")
+    if pdf and find_chromium():
+        html_to_pdf(html_path, pdf_path)
+    elif pdf and shutil.which("pandoc"):
+        subprocess.run(["pandoc", out.name, "-o", pdf_path.name],
                        cwd=out.parent, capture_output=True, check=False)  # fmt: skip
     return out
+
+
+def pages_section(r: Report) -> None:
+    """Links to the interactive pages of the run: views (attention, activations, logit lens)
+    and the feature dashboards."""
+    views = sorted((r.run / "analysis" / "views").glob("*.html"))
+    index = r.run / "features" / "index.html"
+    if not views and not index.exists():
+        return
+    r.add("## Interactive pages", "",
+          "Standalone HTML (no server, no network): open them in a browser beside this report.", "")  # fmt: skip
+    kinds = {"attention": "attention patterns of every head (hover a token: what it attends to)",
+             "logit_lens": "logit lens (hover a cell: the top predictions of that layer)",
+             "neuron": "a neuron's activation at every token"}  # fmt: skip
+    for v in views:
+        what = next((d for k, d in kinds.items() if k in v.stem), v.stem)
+        prompt = v.stem.split("_")[0]
+        label = f"{prompt}: {what}" if prompt.startswith("p") and prompt[1:].isdigit() else what
+        r.add(f"- [{r.rel(v)}]({r.rel(v)}): {label}")
+    if index.exists():
+        r.add(f"- [{r.rel(index)}]({r.rel(index)}): the SAE feature dashboards "
+              "(sortable, searchable; a page per feature)")  # fmt: skip
+    r.add("")
+
+
+# ----------------------------------------------------------------------------- HTML and PDF
+REPORT_CSS = """
+:root{--ink:#1f2328;--muted:#59636e;--rule:#d1d9e0;--head:#f0f3f6;--accent:#0b5cad}
+html{font-family:"Source Sans 3","Helvetica Neue",Helvetica,Arial,sans-serif;color:var(--ink);
+ font-size:15px;line-height:1.5}
+body{max-width:58em;margin:2em auto;padding:0 1.5em}
+h1{font-size:1.9em;margin:0 0 .2em;border-bottom:3px solid var(--accent);padding-bottom:.25em}
+h2{font-size:1.35em;margin:1.8em 0 .5em;border-bottom:1px solid var(--rule);padding-bottom:.15em;color:var(--accent)}
+h3{font-size:1.12em;margin:1.4em 0 .4em} h4{font-size:1em;margin:1.2em 0 .3em}
+h2,h3,h4{break-after:avoid} p,li{orphans:3;widows:3} a{color:var(--accent)}
+.meta{color:var(--muted);font-size:.9em;margin-bottom:1.2em}
+nav.toc{background:#f6f8fa;border:1px solid var(--rule);border-radius:6px;padding:.6em 1.2em;margin:1em 0 1.5em}
+nav.toc ol{margin:.3em 0;padding-left:1.4em} nav.toc b{font-size:.95em}
+table{border-collapse:collapse;margin:.8em 0 1.2em;font-size:.86em;font-variant-numeric:tabular-nums;
+ break-inside:auto}
+th,td{border:1px solid var(--rule);padding:.28em .6em;vertical-align:top}
+th{background:var(--head);text-align:left;font-weight:600} tr:nth-child(even) td{background:#fafbfc}
+tr{break-inside:avoid} table.wide{font-size:.72em} table.wide th,table.wide td{padding:.2em .35em}
+td:not(:first-child){font-variant-numeric:tabular-nums}
+code{font-family:"JetBrains Mono",Menlo,Consolas,monospace;font-size:.88em;background:#f3f4f6;
+ padding:.05em .3em;border-radius:3px}
+pre{background:#f6f8fa;padding:.6em;border-radius:4px;overflow-x:auto}
+figure{margin:1.2em 0;text-align:center;break-inside:avoid}
+figure img{max-width:100%;max-height:200mm;border:1px solid #eee}
+figcaption{color:var(--muted);font-size:.88em;font-style:italic;margin-top:.3em}
+@page{size:A4;margin:15mm 13mm 16mm}
+@media print{html{font-size:10.5pt} body{max-width:none;margin:0;padding:0}
+ a{color:inherit;text-decoration:none} nav.toc{break-inside:avoid} h2{break-before:auto}}
+"""
+
+
+def markdown_to_html(text: str, base: Path, title: str) -> str:
+    """The report's Markdown as one standalone HTML page: images relative to ``base`` embedded
+    as data URIs, ``![x](f)`` + ``*caption*`` as figures, a table of contents of the sections."""
+    import base64
+    import datetime
+    import html as html_lib
+    import re
+
+    import markdown
+
+    md = markdown.Markdown(extensions=["tables", "fenced_code", "sane_lists", "toc"])
+    # The report is generated Markdown with no HTML of its own: text such as a token '<b>'
+    # must show as text, so raw HTML is not passed through.
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    body = md.convert(text)
+
+    def embed(m: re.Match) -> str:
+        src = html_lib.unescape(m.group(2))
+        path = base / src
+        if not re.match(r"^[a-z]+:", src) and path.is_file():
+            mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(
+                path.suffix.lower(), "application/octet-stream"
+            )
+            src = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        return f'<img alt="{m.group(1)}" src="{src}" />'
+
+    body = re.sub(r'<img alt="([^"]*)" src="([^"]*)" ?/?>', embed, body)
+    body = re.sub(r'<p>(<img [^>]*/>)</p>\s*<p><em>(.*?)</em></p>',
+                  r"<figure>\1<figcaption>\2</figcaption></figure>", body)  # fmt: skip
+    body = re.sub(r"<p>(<img [^>]*/>)</p>", r"<figure>\1</figure>", body)
+
+    def table(m: re.Match) -> str:
+        head = m.group(0).split("</tr>", 1)[0]
+        return m.group(0).replace("<table>", '<table class="wide">', 1) if head.count("<th") > 7 else m.group(0)  # fmt: skip
+
+    body = re.sub(r"<table>.*?</table>", table, body, flags=re.S)
+    sections = [
+        t for top in md.toc_tokens for t in (top["children"] if top["level"] == 1 else [top])
+    ]
+    toc = "".join(f'<li><a href="#{t["id"]}">{t["name"]}</a></li>' for t in sections)
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    meta = (f'<div class="meta">Generated {when} by <code>mlx-interp report</code> from the '
+            f"artefacts of the run folder; the same text as report.md.</div>")  # fmt: skip
+    if toc:
+        meta += f'<nav class="toc"><b>Contents</b><ol>{toc}</ol></nav>'
+    body = body.replace("</h1>", "</h1>" + meta, 1)
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html_lib.escape(title)}</title><style>{REPORT_CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_html(md_path: Path, title: str | None = None) -> Path:
+    """``report.html`` beside ``md_path``, from its Markdown."""
+    md_path = Path(md_path)
+    text = md_path.read_text()
+    title = title or next((ln[2:] for ln in text.splitlines() if ln.startswith("# ")), md_path.stem)
+    return write_text(md_path.with_suffix(".html"), markdown_to_html(text, md_path.parent, title))
+
+
+def html_to_pdf(html_path: Path, pdf_path: Path, chromium: str | None = None, timeout: float = 180) -> Path:  # fmt: skip
+    """Print ``html_path`` to ``pdf_path`` with headless Chromium (A4, no header or footer).
+    Raises RuntimeError when Chromium is missing or fails; the PDF is written whole or not at all."""
+    import tempfile
+
+    from .io import atomic_path
+
+    chromium = chromium or find_chromium()
+    if not chromium:
+        raise RuntimeError(
+            "no Chromium found: install chromium (or Chrome), or set MLX_INTERP_CHROMIUM"
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="mlx-interp-chromium-") as profile,
+        atomic_path(pdf_path) as tmp,
+    ):
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--no-pdf-header-footer",
+               "--print-to-pdf-no-header", "--virtual-time-budget=10000", f"--print-to-pdf={tmp}",
+               Path(html_path).resolve().as_uri()]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"Chromium did not print {html_path} within {timeout:.0f} s"
+            ) from None
+        if proc.returncode != 0 or tmp.stat().st_size == 0 or tmp.read_bytes()[:5] != b"%PDF-":
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(
+                f"Chromium could not print {html_path} (exit {proc.returncode}): {tail[0]}"
+            )
+    return Path(pdf_path)

@@ -104,3 +104,29 @@ def machine_summary() -> dict[str, str]:
         "blas": blas_info(),
         **{f"{k}_version": v for k, v in package_versions().items()},
     }
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+CHROMIUM_MAC = (
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+    "/Applications/Chromium.app/Contents/MacOS/Chromium",
+)
+# Headless Chromium on a closed network: no background connections, a fresh profile per run.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")  # fmt: skip
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Chrome) executable: ``$MLX_INTERP_CHROMIUM``, one on the PATH, or the
+    macOS application bundle; None when there is none."""
+    import shutil
+
+    env = os.environ.get("MLX_INTERP_CHROMIUM")
+    if env:
+        return env if os.access(env, os.X_OK) else shutil.which(env)
+    for name in CHROMIUM_NAMES:
+        if found := shutil.which(name):
+            return found
+    if sys.platform == "darwin":
+        return next((p for p in CHROMIUM_MAC if os.access(p, os.X_OK)), None)
+    return None

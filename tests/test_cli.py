@@ -58,6 +58,7 @@ def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
     import re
 
     import mlx_interp.cli.demo as pipeline
@@ -107,6 +108,12 @@ def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, cap
     )  # numbers from artefacts
     assert f"| `kl_div_score` | {metrics['saebench']['kl_div_score']:.4g} |" in report
     assert "_Not run: no `bench/`" in report
+    views = re.findall(r"\]\((analysis/views/[^)]+\.html)\)", report)  # linked interactive views
+    assert {"analysis/views/p0_attention.html", "analysis/views/p0_logit_lens.html"} <= set(views)
+    assert all((out / v).exists() for v in views)
+    if importlib.util.find_spec("markdown"):  # a dependency (missing in a venv made before it)
+        page = (out / "report.html").read_text()  # the HTML beside it: figures embedded
+        assert page.count('src="data:image/png;base64,') == len(links)
 
 
 def test_report_on_a_missing_run_is_an_error(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The dashboards in a real headless browser: the index loads, search filters, a page opens.
+"""The dashboards and the interactive views in a real headless browser: the index loads,
+search filters, a page opens; hovering a token in a view changes what it shows.
 
 Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and
 selenium (the ``dev`` extra); skipped cleanly when either is missing.
@@ -94,3 +95,75 @@ def test_index_search_and_page(browser, dashboards):
     assert browser.execute_script("return arguments[0].naturalWidth", img) > 100
     # escaped text shows as text: no <b> element came from the data
     assert browser.find_elements(By.CSS_SELECTOR, ".ctx b") == []
+
+
+@pytest.fixture(scope="module")
+def views(checkpoint_dir, tmp_path_factory):
+    from mlx_interp import load_model
+    from mlx_interp.analysis.views import attention_view, logit_lens_view, neuron_view
+
+    model = load_model(checkpoint_dir("llama-gqa-untied"))
+    tmp = tmp_path_factory.mktemp("views")
+    text = "the quick brown fox <b>jumps</b> over"
+    return {
+        "attention": attention_view(model, text).save(tmp / "attention.html"),
+        "neuron": neuron_view(model, [text, "a lazy dog"], "blocks.1.mlp.hook_post", 3).save(tmp / "neuron.html"),
+        "lens": logit_lens_view(model, text).save(tmp / "lens.html"),
+    }  # fmt: skip
+
+
+def _hover(browser, el):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(el).perform()
+
+
+def test_attention_view_hover(browser, views):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(views["attention"].as_uri())
+    spans = browser.find_elements(By.CSS_SELECTOR, "#tokens .tok")
+    assert len(spans) > 5 and browser.find_elements(By.CSS_SELECTOR, ".ctx b, #tokens b") == []
+    info = browser.find_element(By.ID, "info")
+    assert info.text.startswith("Hover a token")
+    _hover(browser, spans[5])
+    first = info.text
+    assert "token 5" in first and "attends to" in first
+    shades = [s.value_of_css_property("background-color") for s in spans]
+    assert len(set(shades[:6])) > 1  # keys 0..5 are shaded by their weight
+    assert all(s == shades[-1] for s in shades[6:])  # later keys: weight 0 (causal)
+    data = browser.execute_script("return DATA")
+    w = data["patterns"][data["start_layer"]][0][5]
+    assert f"{max(w):.3f}" in first  # the hovered token's largest weight is listed
+    _hover(browser, spans[2])
+    assert "token 2" in info.text and info.text != first
+    Select(browser.find_element(By.ID, "head")).select_by_value("1")  # another head
+    _hover(browser, spans[5])
+    assert "head 1" in info.text and info.text != first
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#heads canvas")) == data["n_heads"]
+
+
+def test_activation_and_lens_views_hover(browser, views):
+    from selenium.webdriver.common.by import By
+
+    browser.get(views["neuron"].as_uri())
+    spans = browser.find_elements(By.CSS_SELECTOR, ".tok")
+    info = browser.find_element(By.ID, "info")
+    before = info.text
+    _hover(browser, spans[3])
+    data = browser.execute_script("return DATA")
+    v = data["texts"][0]["values"][3]
+    assert info.text != before and "position 3" in info.text
+    assert browser.execute_script("return fmt(arguments[0])", v) in info.text
+    browser.get(views["lens"].as_uri())
+    cells = browser.find_elements(By.CSS_SELECTOR, "#lens td")
+    data = browser.execute_script("return DATA")
+    assert len(cells) == len(data["labels"]) * len(data["tokens"])
+    info = browser.find_element(By.ID, "info")
+    _hover(browser, browser.find_element(By.ID, "cell-1-2"))
+    assert info.text.startswith(data["labels"][1] + ", position 2")
+    shown = browser.execute_script(
+        "return JSON.stringify(show(arguments[0]))", data["top_strs"][1][2][0]
+    )
+    assert shown in info.text

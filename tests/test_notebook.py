@@ -14,9 +14,10 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
     "name, made",
     [
         ("01_activations_analysis.ipynb",
-         ["norms.png", "semantic.png", "logit_lens.png", "patching.png", "extraction"]),
+         ["norms.png", "semantic.png", "logit_lens.png", "patching.png", "extraction",
+          "views/attention.html", "views/neuron.html", "views/logit_lens.html"]),
         ("02_sparse_autoencoders.ipynb", ["sae_run", "sae_eval", "training_curves.png"]),
-        ("03_feature_analysis.ipynb", ["features/index.html", "sae_small"]),
+        ("03_feature_analysis.ipynb", ["features/index.html", "sae_small", "features/views"]),
     ],
 )  # fmt: skip
 def test_notebook_executes(name, made, tmp_path, monkeypatch):
@@ -35,3 +36,6 @@ def test_notebook_executes(name, made, tmp_path, monkeypatch):
     assert not errors
     for m in made:
         assert (tmp_path / "out" / m).exists(), m
+    frames = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "<iframe srcdoc=" in o.get("data", {}).get("text/html", "")]  # fmt: skip
+    assert len(frames) == {"01": 3, "02": 0, "03": 1}[name[:2]]  # the interactive views show inline

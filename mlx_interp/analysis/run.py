@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import plots
+from . import plots, views
 from .measures import (
     MASSIVE_FACTOR,
     _spread,
@@ -102,6 +102,22 @@ def run_all(
             f"top next-token prediction and its probability. Final prediction at the last "
             f"position: {ll.top_strs[-1][-1][0]!r} ({ll.top_probs[-1, -1, 0]:.2f}).",
         )
+        pages = [
+            views.attention_view(model, prompt, title=f"Attention patterns: {prompt!r}").save(
+                out / "views" / f"{tag}_attention.html"
+            ),
+            views.logit_lens_view(ll).save(out / "views" / f"{tag}_logit_lens.html"),
+        ]
+        if i == 0:  # the prompt's most active neuron, over every prompt
+            pages.append(
+                views.neuron_view(model, prompts, neuron_hook, int(na.neurons[0])).save(
+                    out / "views" / f"neuron_{int(na.neurons[0])}.html"
+                )
+            )
+        written.extend(pages)
+        md.extend(["## Interactive views", "", "Open in a browser (standalone HTML): " + ", ".join(
+            f"[{p.stem.removeprefix(tag + '_').replace('_', ' ')}](views/{p.name})" for p in pages
+        ) + ".", ""])  # fmt: skip
 
     md.extend(["# Across prompts", ""])
     log("[semantic similarity] word groups in shared templates")

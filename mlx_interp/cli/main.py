@@ -92,9 +92,10 @@ def cmd_report(args) -> int:
 
     path = build_report(args.run, args.out, pdf=not args.no_pdf)
     pdf = path.with_suffix(".pdf")
-    print(
-        f"wrote {path}" + (f" and {pdf}" if pdf.exists() else " (no PDF: pandoc is not installed)")
-    )
+    why = "--no-pdf" if args.no_pdf else "Chromium is not installed (apt-get install chromium)"
+    fresh = pdf.exists() and pdf.stat().st_mtime >= path.stat().st_mtime
+    made = f" and {pdf}" if fresh else f" (no PDF: {why})"
+    print(f"wrote {path}, {path.with_suffix('.html')}{made}")
     return 0
 
 
@@ -140,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("report", help="assemble report.md from a run folder's artefacts")
+    sp = sub.add_parser("report", help="report.md, .html and .pdf from a run folder's artefacts")
     sp.add_argument("--run", default="results/demo", help="run folder (default results/demo)")
     sp.add_argument("--out", help="Markdown file (default RUN/report.md)")
-    sp.add_argument("--no-pdf", action="store_true", help="no PDF even when pandoc is installed")
+    sp.add_argument("--no-pdf", action="store_true", help="no PDF even when Chromium is installed")
     sp.set_defaults(func=cmd_report)
 
     # The model-conversion command registers here (convert).

