@@ -477,7 +477,7 @@ code{font-family:"JetBrains Mono",Menlo,Consolas,monospace;font-size:.88em;backg
  padding:.05em .3em;border-radius:3px}
 pre{background:#f6f8fa;padding:.6em;border-radius:4px;overflow-x:auto}
 figure{margin:1.2em 0;text-align:center;break-inside:avoid}
-figure img{max-width:100%;max-height:200mm;border:1px solid #eee}
+figure img{max-width:92%;max-height:118mm;border:1px solid #eee}
 figcaption{color:var(--muted);font-size:.88em;font-style:italic;margin-top:.3em}
 @page{size:A4;margin:15mm 13mm 16mm}
 @media print{html{font-size:10.5pt} body{max-width:none;margin:0;padding:0}

@@ -78,12 +78,15 @@ DATA.tokens.forEach((t,i)=>{const s=document.createElement('span');s.className='
 box.addEventListener('mouseleave',()=>{hover=null;paint();});
 let hover=null, pinned=null;
 function cur(){return hover!==null?hover:pinned;}
-function draw(cv, li, h, px){
-  cv.width=T*px; cv.height=T*px; const c=cv.getContext('2d');
-  c.fillStyle='#fff'; c.fillRect(0,0,T*px,T*px);
-  for(let q=0;q<T;q++) for(let k=0;k<=q;k++){c.fillStyle=blue(w(li,h,q,k)); c.fillRect(k*px,q*px,px,px);}
+const OX=110;  // the big heatmap's left margin: the query tokens
+function draw(cv, li, h, px, ox){
+  cv.width=ox+T*px; cv.height=T*px; const c=cv.getContext('2d');
+  c.fillStyle='#fff'; c.fillRect(0,0,ox+T*px,T*px);
+  for(let q=0;q<T;q++) for(let k=0;k<=q;k++){c.fillStyle=blue(w(li,h,q,k)); c.fillRect(ox+k*px,q*px,px,px);}
+  if(ox){c.fillStyle='#333';c.font=Math.min(12,px-2)+'px Menlo,Consolas,monospace';c.textAlign='right';
+    c.textBaseline='middle';DATA.tokens.forEach((t,q)=>c.fillText(show(t).slice(0,14),ox-4,q*px+px/2));}
   const i=cur(); if(i!==null){c.strokeStyle='#c62828';c.lineWidth=Math.max(1,px/6);
-    if(modeSel.value==='to') c.strokeRect(0.5,i*px+0.5,T*px-1,px-1); else c.strokeRect(i*px+0.5,0.5,px-1,T*px-1);}
+    if(modeSel.value==='to') c.strokeRect(ox+0.5,i*px+0.5,T*px-1,px-1); else c.strokeRect(ox+i*px+0.5,0.5,px-1,T*px-1);}
 }
 const heads = document.getElementById('heads'); const thumbs=[];
 for(let h=0;h<NH;h++){const d=document.createElement('div');d.className='head';
@@ -91,8 +94,8 @@ for(let h=0;h<NH;h++){const d=document.createElement('div');d.className='head';
   d.appendChild(cv);d.appendChild(lab);heads.appendChild(d);thumbs.push([d,cv]);
   d.addEventListener('click',()=>{headSel.value=h;paint();});}
 const big = document.getElementById('big');
-big.addEventListener('mousemove',e=>{const r=big.getBoundingClientRect(), px=r.width/T;
-  const k=Math.floor((e.clientX-r.left)/px), q=Math.floor((e.clientY-r.top)/px);
+big.addEventListener('mousemove',e=>{const r=big.getBoundingClientRect(), px=r.height/T;
+  const k=Math.floor((e.clientX-r.left-OX)/px), q=Math.floor((e.clientY-r.top)/px);
   if(q>=0&&q<T&&k>=0&&k<T){const li=+layerSel.value,h=+headSel.value;
     document.getElementById('cell').textContent='query '+q+' '+JSON.stringify(show(DATA.tokens[q]))+
       ' \u2192 key '+k+' '+JSON.stringify(show(DATA.tokens[k]))+': '+w(li,h,q,k).toFixed(4);}});
@@ -111,8 +114,8 @@ function paint(){
       (to?' attends to:\n':' is attended by:\n')+order.map(x=>'  '+x[0].toFixed(3)+'  '+x[1]+' '+
       JSON.stringify(show(DATA.tokens[x[1]]))).join('\n');
   }
-  thumbs.forEach(([d,cv],hh)=>{d.classList.toggle('sel',hh===h);draw(cv,li,hh,Math.max(2,Math.floor(90/T)));});
-  draw(big,li,h,Math.max(6,Math.min(28,Math.floor(420/T))));
+  thumbs.forEach(([d,cv],hh)=>{d.classList.toggle('sel',hh===h);draw(cv,li,hh,Math.max(2,Math.floor(90/T)),0);});
+  draw(big,li,h,Math.max(6,Math.min(28,Math.floor(420/T))),OX);
   document.getElementById('bigtitle').textContent='layer '+DATA.layers[li]+', head '+h+
     ': rows are queries, columns keys (colour: weight, 0 to 1)';
 }
@@ -126,7 +129,8 @@ DATA.texts.forEach((tx,ti)=>{
   const p=document.createElement('div');p.className='text';document.getElementById('texts').appendChild(p);
   tx.tokens.forEach((t,i)=>{const s=document.createElement('span');s.className='tok';s.id='tok-'+ti+'-'+i;
     s.textContent=show(t);const v=tx.values[i];const out=tx.left_out[i];
-    if(out) s.classList.add('out'); else s.style.background = v>=0 ? red(v/scale) : blue(-v/scale);
+    if(out) s.classList.add('out'); else {s.style.background = v>=0 ? red(v/scale) : blue(-v/scale);
+      if(Math.abs(v)/scale>0.6) s.style.color='#fff';}
     s.title=fmt(v)+(out?' (left out of the colour scale)':'');
     s.addEventListener('mouseenter',()=>{all.forEach(x=>x.classList.remove('sel'));s.classList.add('sel');
       let ctx=''; for(let j=Math.max(0,i-8);j<=Math.min(tx.tokens.length-1,i+3);j++)

@@ -12,7 +12,7 @@ itself resumes from its checkpoint):
 
 Each stage calls the Python function behind its command, with the model loaded once.
     bench      python -m benchmarks --quick (from a source checkout)
-    report     report.md assembled from all of the above
+    report     report.md, report.html and report.pdf assembled from all of the above
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..analysis.measures import _np
 from ..analysis.views import View, _special_mask, token_values_view
-from .store import check_sae_for_model, encoder, load_sae
+from .collect import check_sae_for_model, encoder, load_sae
 
 
 def feature_view(model, sae, texts: Sequence[str] | str, feature: int) -> View:
