@@ -72,12 +72,14 @@ def cmd_demo(args) -> int:
     report = run_demo(args.model, args.out, quick=args.quick, hook=args.hook,
                       sae_tokens=args.sae_tokens, skip=tuple(args.skip or ()), seed=args.seed)  # fmt: skip
     out = report.parent
-    print(f"\nDone in {time.perf_counter() - t0:.0f} s. The report: {report}")
+    also = [p.name for p in (report.with_suffix(".html"), report.with_suffix(".pdf")) if p.exists()]
+    print(f"\nDone in {time.perf_counter() - t0:.0f} s. The report: {report}"
+          + (f" (and {', '.join(also)} beside it)" if also else ""))  # fmt: skip
     print(
         f"  basics/    predictions, parity (parity.txt), residual_norms.png    -> {out / 'basics'}"
     )
     print(
-        f"  analysis/  figures and their numbers, index.md                     -> {out / 'analysis'}"
+        f"  analysis/  figures and their numbers, index.md; views/ (interactive) -> {out / 'analysis'}"
     )
     print(f"  sae/, sae_eval/  the trained SAE, training.json, metrics.json      -> {out / 'sae'}")
     print(f"  features/  dashboards: open {out / 'features' / 'index.html'}")
