@@ -11,13 +11,13 @@ import pytest
 
 from mlx_interp import load_model
 from mlx_interp.analysis import logit_lens
-from mlx_interp.analysis.measures import _np
 from mlx_interp.analysis.views import (
     attention_view,
     logit_lens_view,
     neuron_view,
     token_values_view,
 )
+from mlx_interp.backends import to_numpy
 
 TEXT = "the quick brown fox </script><b>jumps</b> over"
 
@@ -41,7 +41,7 @@ def test_attention_view_is_the_cached_pattern(peaked):
     assert data["layers"] == list(range(peaked.cfg.n_layers))
     assert data["tokens"] == peaked.to_str_tokens(TEXT)
     for li, name in enumerate(names):
-        p = _np(cache[name][0])  # (heads, q, k)
+        p = to_numpy(cache[name][0], np.float32)  # (heads, q, k)
         assert data["n_heads"] == p.shape[0] == peaked.cfg.n_heads
         for h in range(p.shape[0]):
             rows = data["patterns"][li][h]
@@ -78,7 +78,9 @@ def test_neuron_view_values(peaked):
     v = neuron_view(peaked, [TEXT, "a lazy dog"], hook, j)
     for text, t in zip([TEXT, "a lazy dog"], v.data["texts"], strict=True):
         _, cache = peaked.run_with_cache(peaked.to_tokens(text), names_filter=[hook])
-        np.testing.assert_allclose(t["values"], _np(cache[hook][0])[:, j], rtol=1e-6)
+        np.testing.assert_allclose(
+            t["values"], to_numpy(cache[hook][0], np.float32)[:, j], rtol=1e-6
+        )
         assert t["left_out"][0] and not any(t["left_out"][1:])
     counted = [abs(x) for t in v.data["texts"] for x, o in zip(t["values"], t["left_out"], strict=True) if not o]  # fmt: skip
     assert v.data["max_abs"] == pytest.approx(max(counted))

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import to_numpy
 from ..io import write_text
-from .measures import LogitLens, _np, logit_lens
+from .measures import LogitLens, logit_lens
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1em 1.2em;color:#222}
@@ -241,7 +242,7 @@ def attention_view(
     _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=max(layers) + 1)
     patterns = []
     for nm in names:
-        p = _np(cache[nm][0])  # (n_heads, query, key)
+        p = to_numpy(cache[nm][0], np.float32)  # (n_heads, query, key)
         patterns.append([[_round(p[h, q, : q + 1], digits) for q in range(p.shape[1])] for h in range(p.shape[0])])  # fmt: skip
     str_tokens = model.to_str_tokens(tokens[0])
     data = {
@@ -326,7 +327,7 @@ def neuron_view(model, texts: Sequence[str] | str, hook: str, index: int) -> Vie
     for text in texts:
         tokens = model.to_tokens(text)
         _, cache = model.run_with_cache(tokens, names_filter=[hook])
-        a = _np(cache[hook][0])
+        a = to_numpy(cache[hook][0], np.float32)
         a = a.reshape(a.shape[0], -1)
         if not 0 <= index < a.shape[1]:
             raise ValueError(f"{hook} has {a.shape[1]} units; index {index} is out of range")

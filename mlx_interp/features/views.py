@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..analysis.measures import _np
 from ..analysis.views import View, _special_mask, token_values_view
-from .collect import check_sae_for_model, encoder, load_sae
+from ..backends import to_numpy
+from ..sae import load_sae
+from .collect import check_sae_for_model, encoder
 
 
 def feature_view(model, sae, texts: Sequence[str] | str, feature: int) -> View:
@@ -25,7 +26,7 @@ def feature_view(model, sae, texts: Sequence[str] | str, feature: int) -> View:
     for text in texts:
         tokens = model.to_tokens(text)
         _, cache = model.run_with_cache(tokens, names_filter=[hook])
-        x = _np(cache[hook][0])
+        x = to_numpy(cache[hook][0], np.float32)
         vals.append(encode(x)[:, feature])
         toks.append(model.to_str_tokens(tokens[0]))
         outs.append(_special_mask(model, np.asarray(tokens[0]).tolist()))
