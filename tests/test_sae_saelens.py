@@ -39,6 +39,25 @@ def test_our_file_loads_in_saelens(tmp_path, arch):
     np.testing.assert_allclose(np.array(x_ours), x_theirs, atol=1e-5)
 
 
+def _saved_by_saelens_loaded_here(theirs, tmp_path, rtol: float) -> list:
+    """Save SAELens SAE ``theirs``, load the folder in both backends and check that they encode
+    and decode as it does (atol 1e-5); returns the two loaded SAEs."""
+    theirs.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
+    theirs.save_model(str(tmp_path / "t"))
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        f_theirs = theirs.encode(x).numpy()
+        x_theirs = theirs.decode(theirs.encode(x)).numpy()
+    loaded = [SAE.load(tmp_path / "t"), TorchSAE.load(tmp_path / "t")]
+    for ours in loaded:
+        xx = mx.array(x.numpy()) if isinstance(ours, SAE) else x
+        f, x_hat = ours(xx)
+        f, x_hat = (f.numpy(), x_hat.numpy()) if isinstance(f, torch.Tensor) else (f, x_hat)
+        np.testing.assert_allclose(np.array(f), f_theirs, rtol=rtol, atol=1e-5)
+        np.testing.assert_allclose(np.array(x_hat), x_theirs, rtol=rtol, atol=1e-5)
+    return loaded
+
+
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_saelens_file_loads_here(tmp_path, arch):
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
@@ -56,19 +75,8 @@ def test_saelens_file_loads_here(tmp_path, arch):
             prm.copy_(torch.randn_like(prm) * 0.3)
         if arch == "jumprelu":
             theirs.threshold.abs_()
-    theirs.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
-    theirs.save_model(str(tmp_path / "t"))
-    x = torch.randn(20, 16)
-    with torch.no_grad():
-        f_theirs = theirs.encode(x).numpy()
-        x_theirs = theirs.decode(theirs.encode(x)).numpy()
-    for ours in (SAE.load(tmp_path / "t"), TorchSAE.load(tmp_path / "t")):
+    for ours in _saved_by_saelens_loaded_here(theirs, tmp_path, rtol=1e-7):
         assert ours.cfg.hook_name == "blocks.0.hook_resid_pre" and ours.cfg.architecture == arch
-        xx = mx.array(x.numpy()) if isinstance(ours, SAE) else x
-        f, x_hat = ours(xx)
-        f, x_hat = (f.numpy(), x_hat.numpy()) if isinstance(f, torch.Tensor) else (f, x_hat)
-        np.testing.assert_allclose(np.array(f), f_theirs, atol=1e-5)
-        np.testing.assert_allclose(np.array(x_hat), x_theirs, atol=1e-5)
 
 
 @pytest.mark.parametrize("rescale", [True, False])
@@ -84,15 +92,4 @@ def test_saelens_topk_training_output_loads_here(tmp_path, rescale):
         for prm in theirs.parameters():
             prm.copy_(torch.randn_like(prm) * 0.3)
         theirs.W_dec.mul_(torch.rand(48, 1) * 3 + 0.2)  # decoder rows far from unit norm
-    theirs.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
-    theirs.save_model(str(tmp_path / "t"))
-    x = torch.randn(20, 16)
-    with torch.no_grad():
-        f_theirs = theirs.encode(x).numpy()
-        x_theirs = theirs.decode(theirs.encode(x)).numpy()
-    for ours in (SAE.load(tmp_path / "t"), TorchSAE.load(tmp_path / "t")):
-        xx = mx.array(x.numpy()) if isinstance(ours, SAE) else x
-        f, x_hat = ours(xx)
-        f, x_hat = (f.numpy(), x_hat.numpy()) if isinstance(f, torch.Tensor) else (f, x_hat)
-        np.testing.assert_allclose(np.array(f), f_theirs, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(np.array(x_hat), x_theirs, rtol=1e-5, atol=1e-5)
+    _saved_by_saelens_loaded_here(theirs, tmp_path, rtol=1e-5)
