@@ -483,7 +483,7 @@ def test_config_refuses_contradictions():
     with pytest.raises(ValueError, match="aux_k=100"):
         TrainConfig(d_sae=64, aux_k=100).resolve(12)
     tc = TrainConfig(tokens=4096 * 102).resolve(576)
-    assert tc.lr_warmup_steps == 10 and tc.d_sae == 9216
+    assert tc.lr_warmup_steps == 10 and tc.d_sae == 9216 and tc.lr == pytest.approx(2e-3)
     assert TrainConfig(tokens=4096 * 10_000).resolve(576).lr_warmup_steps == 500
     assert TrainConfig(tokens=4096 * 20).resolve(576).lr_warmup_steps == 5  # <= 1/4 of the run
 

@@ -48,7 +48,9 @@ class TrainConfig:
     k: int | None = option(32, "active latents (topk, batchtopk)")
     tokens: int = option(1_000_000, "training tokens")
     batch_size: int = option(4096, "tokens per step")
-    lr: float | None = option(None, "peak learning rate (default: see default_lr)")
+    lr: float | None = option(
+        None, "peak learning rate (default 1.5e-3 x sqrt(2^14/d_sae), at most 5e-3)"
+    )
     lr_warmup_steps: int | None = option(
         None, "steps of linear learning-rate warm-up (default: lr_warmup_frac of the steps)"
     )
