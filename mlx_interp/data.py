@@ -230,15 +230,21 @@ def read_documents(source: str | os.PathLike, text_field: str = "text") -> Itera
 
     Raises a one-line ValueError for a missing, unreadable or empty source.
     """
+    if not str(os.fspath(source)).strip():
+        raise ValueError("the data source is empty; give a file, a folder or a dataset name")
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise ValueError(f"data folder {path} holds no .txt files")
+        for f in files:  # every file decodes, before anything runs
+            _read(f)
         docs = (_read(p).strip() for p in files)
         return _nonempty((d for d in docs if d), path)
     if path.is_file():
         if path.suffix == ".jsonl":
+            for _ in _jsonl_texts(path, text_field):  # every line parses, before anything runs
+                pass
             return _nonempty(_jsonl_texts(path, text_field), path)
         return _nonempty(iter(_split_text(_read(path))), path)
     if _looks_like_path(str(source)):
@@ -253,9 +259,18 @@ def _looks_like_path(s: str) -> bool:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
     except OSError as e:
         raise ValueError(f"cannot read data file {path} ({e.strerror})") from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> ValueError:
+    return ValueError(
+        f"data file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+        f"{e.start}); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def _split_text(text: str) -> list[str]:
@@ -268,8 +283,15 @@ def _split_text(text: str) -> list[str]:
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x}); convert the "
+                    "file to UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

@@ -19,12 +19,30 @@ from .hooks import (
     select_names,
     unknown_name_error,
 )
+from .io import check_safetensors
 from .models import architecture_for, llama, quantized
 from .sources import ModelSourceError, resolve_model_dir, weight_files
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 TokensLike = "str | Sequence[str] | mx.array | np.ndarray | Sequence[Sequence[int]]"
+
+
+_SCORES = "hook_attn_scores"
+
+
+def _all_finite(named: list[tuple[str, mx.array]]) -> mx.array | None:
+    """A lazy boolean scalar: no NaN or infinity in any array (masked attention scores may
+    be -inf). One reduction per array."""
+    flags = []
+    for name, a in named:
+        if name.endswith(_SCORES):
+            flags.append(mx.logical_not(mx.any(mx.isnan(a) | (a == mx.inf))))
+        elif a.dtype == mx.float32:
+            flags.append(mx.isfinite(mx.sum(a)))  # NaN and inf survive a float32 sum
+        else:
+            flags.append(mx.all(mx.isfinite(a)))
+    return mx.all(mx.stack(flags)) if flags else None
 
 
 def layer_of(name: str) -> int | None:
@@ -135,7 +153,9 @@ class HookedModel:
         ):
             if attention_mask is not None:
                 raise ValueError("pass attention_mask with token ids, not with text")
-            return self.tokenize(tokens, prepend_bos)
+            tokens, mask = self.tokenize(tokens, prepend_bos)
+            self._check_length(tokens.shape[1], "the text gives")
+            return tokens, mask
         arr = np.asarray(tokens)
         if arr.ndim == 1:
             arr = arr[None]
@@ -147,11 +167,7 @@ class HookedModel:
         if lo < 0 or hi >= self.cfg.d_vocab:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab})")
-        if arr.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
-                f"{arr.shape[1]} tokens exceed the model's context length n_ctx={self.cfg.n_ctx}; "
-                "truncate or split the input"
-            )
+        self._check_length(arr.shape[1])
         if attention_mask is not None:
             m = np.asarray(attention_mask)
             m = m[None] if m.ndim == 1 else m
@@ -159,6 +175,13 @@ class HookedModel:
                 raise ValueError(f"attention_mask shape {m.shape} != tokens shape {arr.shape}")
             attention_mask = None if m.all() else mx.array(m.astype(np.int32))
         return mx.array(arr.astype(np.int32)), attention_mask
+
+    def _check_length(self, n: int, what: str = "") -> None:
+        if n > self.cfg.n_ctx:
+            raise ValueError(
+                f"{what + ' ' if what else ''}{n} tokens, more than the model's context length "
+                f"n_ctx={self.cfg.n_ctx}; truncate or split the input"
+            )
 
     # --------------------------------------------------------------- forward
     def _check_stop(self, stop_at_layer: int | None) -> int | None:
@@ -188,8 +211,45 @@ class HookedModel:
         with hook_state(state):
             logits = self.model(tokens, attention_mask, stop)
         cache = ActivationCache((n, state.cache[n]) for n in self.hook_names if n in state.cache)
-        mx.eval(logits, cache)
+        checked = [("logits", logits)] if logits is not None else list(cache.items())
+        ok = _all_finite(checked)
+        mx.eval(logits, cache, ok)
+        if ok is not None and not ok.item():
+            self._locate_non_finite(tokens, attention_mask, hooks, stop)
         return logits, cache
+
+    def _locate_non_finite(self, tokens, attention_mask, hooks, stop) -> None:
+        """Rerun with every hook point cached and raise naming the first one, in forward
+        order, that holds NaN or infinity (masked attention scores are -inf by design)."""
+        state = HookState(self.hook_names, hooks)
+        with hook_state(state):
+            logits = self.model(tokens, attention_mask, stop)
+        named = [(n, state.cache[n]) for n in self.hook_names if n in state.cache]
+        if logits is not None:
+            named.append(("logits", logits))
+        for name, a in named:
+            if _all_finite([(name, a)]).item():
+                continue
+            x = np.asarray(a.astype(mx.float32))
+            bad = np.isnan(x) | (x == np.inf) if name.endswith(_SCORES) else ~np.isfinite(x)
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = f"batch row {idx[0]}"
+            if not name.endswith((_SCORES, "hook_pattern")) and len(idx) > 1:
+                where += f", position {idx[1]}"
+            layer = layer_of(name)
+            at = f"{name} (layer {layer}, {where})" if layer is not None else f"{name} ({where})"
+            dtype = str(self.dtype).split(".")[-1]
+            if np.isinf(x[idx]) and dtype != "float32":
+                raise ValueError(
+                    f"{dtype} overflow in the forward pass: {at} is the first hook point with an "
+                    f"infinite value; load the model with dtype float32 (--dtype float32)"
+                )
+            kind = "NaN" if np.isnan(x[idx]) else "infinity"
+            raise ValueError(
+                f"non-finite values in the forward pass: {at} is the first hook point holding "
+                f"{kind}; check the model's weights and any hook functions"
+            )
+        raise ValueError("non-finite values in the forward pass")
 
     def __call__(self, tokens: TokensLike, attention_mask=None, prepend_bos=None) -> mx.array:
         """Logits (batch, pos, d_vocab)."""
@@ -252,13 +312,12 @@ class HookedModel:
         tokens, _ = self._prepare(prompt, None, None)
         if tokens.shape[0] != 1:
             raise ValueError("generate takes one prompt")
+        check_generate_args(tokens.shape[1], max_new_tokens, temperature, self.cfg.n_ctx)
         table = self._hook_table(fwd_hooks)
         key = mx.random.key(seed)
         eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         new: list[int] = []
         for _ in range(max_new_tokens):
-            if tokens.shape[1] >= self.cfg.n_ctx:
-                break
             logits = self._run(tokens, None, None, (), table, None)[0][:, -1].astype(mx.float32)
             if temperature > 0:
                 key, sub = mx.random.split(key)
@@ -291,6 +350,29 @@ class HookedModel:
         )
 
 
+def check_generate_args(n_prompt: int, max_new_tokens: int, temperature: float, n_ctx: int):
+    """One-line errors for generate's arguments (shared by both backends)."""
+    import math
+
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, (int, np.integer))
+        or max_new_tokens < 0
+    ):
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if (
+        not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if n_prompt + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"the prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the "
+            f"model's context length n_ctx={n_ctx}; shorten the prompt or generate fewer tokens"
+        )
+
+
 # -------------------------------------------------------------------- loading
 def read_weights(folder: Path) -> dict[str, mx.array]:
     """All tensors of a checkpoint folder (safetensors, sharded or not, or pytorch_model.bin)."""
@@ -298,6 +380,7 @@ def read_weights(folder: Path) -> dict[str, mx.array]:
     for f in weight_files(folder):
         try:
             if f.suffix == ".safetensors":
+                check_safetensors(f, "")
                 weights.update(mx.load(str(f)))
             else:
                 import torch
@@ -320,8 +403,7 @@ def read_checkpoint(source, dtype: str | None = None, dtypes=DTYPES):
     if dtype is not None and dtype not in dtypes:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(dtypes)}")
     folder = resolve_model_dir(source)
-    config = json.loads((folder / "config.json").read_text())
-    arch = architecture_for(config.get("model_type", "?"))
+    _, arch, config = read_model_config(folder)  # one-line errors naming config.json
     return folder, config, arch, quantized.stored_quantization(config)
 
 
@@ -356,6 +438,8 @@ def load_model(
     args = arch.ModelArgs.from_hf_config(config)
     model = arch.Model(args)
     weights = arch.Model.sanitize(read_weights(folder), args)
+    if stored is None and quantize is None:
+        _check_weights(model, weights, folder)
     if stored is not None:
         overrides = {
             llama.rename_hf(k): v for k, v in stored.items() if isinstance(v, (dict, bool))
@@ -371,11 +455,22 @@ def load_model(
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise ModelSourceError(
-            f"weights in {folder} do not fit its config.json: {str(e).splitlines()[0]}"
+            f"weights in {folder} do not fit its config.json: {' '.join(str(e).split())}"
         ) from None
     del weights
     _cast_float_params(model, DTYPES[dtype])
     mx.eval(model.parameters())
+    if dtype != "float32":  # a weight beyond the half-precision range became infinite
+        from mlx.utils import tree_flatten
+
+        params = [(k, v) for k, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)]  # fmt: skip
+        ok = mx.stack([mx.all(mx.isfinite(v)) for _, v in params]).tolist()
+        bad = [k for (k, _), good in zip(params, ok, strict=True) if not good]
+        if bad:
+            raise ModelSourceError(
+                f"weights in {folder}: {bad[0]} holds values outside the {dtype} range; load "
+                "the model with dtype float32 (--dtype float32)"
+            )
     return HookedModel(model, _load_tokenizer(folder), str(source), folder)
 
 
@@ -426,6 +521,84 @@ def _cast_float_params(model: nn.Module, dtype: mx.Dtype) -> None:
             m.compute_dtype = dtype
 
 
+def read_model_config(folder: Path):
+    """(ModelArgs, architecture module, config dict) from a folder's config.json; one-line errors naming
+    the file for invalid JSON, a missing or nonsensical size, an unsupported architecture."""
+    path = Path(folder) / "config.json"
+    fix = "fix it, or download or convert the model again"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{path} is not a model config (a JSON object); {fix}")
+    try:
+        arch = architecture_for(config.get("model_type", "?"))
+        args = arch.ModelArgs.from_hf_config(config)
+    except KeyError as e:
+        raise ModelSourceError(
+            f"{path} has no {e.args[0]!r}, which a {config.get('model_type')} config needs; {fix}"
+        ) from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelSourceError(f"{path}: {e}; {fix}") from None
+    sizes = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
+    for key in sizes:
+        v = getattr(args, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ModelSourceError(f"{path}: {key}={v!r} must be a positive integer; {fix}")
+    if args.n_heads % args.n_kv_heads:
+        raise ModelSourceError(
+            f"{path}: {args.n_heads} attention heads cannot be grouped into {args.n_kv_heads} "
+            f"key/value heads; {fix}"
+        )
+    if args.architecture == "gpt2" and args.d_head * args.n_heads != args.d_model:
+        raise ModelSourceError(
+            f"{path}: n_embd={args.d_model} is not divisible by n_head={args.n_heads}; {fix}"
+        )
+    eps = getattr(args, "norm_eps", 1e-5)
+    if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ModelSourceError(f"{path}: the norm epsilon {eps!r} must be in (0, 1); {fix}")
+    return args, arch, config
+
+
+def _check_weights(model: nn.Module, weights: dict[str, mx.array], folder: Path) -> None:
+    """Missing, unexpected, misshapen or non-finite tensors: one line naming them."""
+    from mlx.utils import tree_flatten
+
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    fix = "the checkpoint is incomplete or not of this architecture; download or convert it again"
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelSourceError(
+            f"weights in {folder} do not fit its config.json: {len(missing)} tensors are missing "
+            f"({', '.join(missing[:3])}{more}); {fix}"
+        )
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ModelSourceError(
+            f"weights in {folder} do not fit its config.json: {len(extra)} tensors are unexpected "
+            f"({', '.join(extra[:3])}{more}); {fix}"
+        )
+    for k, v in expected.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise ModelSourceError(
+                f"weights in {folder} do not fit its config.json: {k} has shape "
+                f"{tuple(weights[k].shape)}, the config implies {tuple(v.shape)}; {fix}"
+            )
+    names = [k for k, w in weights.items() if mx.issubdtype(w.dtype, mx.floating)]
+    if names:
+        ok = mx.stack([mx.all(mx.isfinite(weights[k])) for k in names]).tolist()
+        bad = [k for k, good in zip(names, ok, strict=True) if not good]
+        if bad:
+            raise ModelSourceError(
+                f"weights in {folder}: {bad[0]} holds NaN or infinite values"
+                f"{f' (and {len(bad) - 1} more tensors)' if len(bad) > 1 else ''}; "
+                "the checkpoint is corrupt: download or convert it again"
+            )
+
+
 def _load_tokenizer(folder: Path):
     if not any(
         (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
@@ -433,4 +606,11 @@ def _load_tokenizer(folder: Path):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - whatever transformers says, the files are bad
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ModelSourceError(
+            f"cannot load the tokenizer in {folder} ({type(e).__name__}: {first}); its tokenizer "
+            "files are damaged: download or convert the model again"
+        ) from None

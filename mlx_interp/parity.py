@@ -9,7 +9,6 @@ infinite in one backend only makes the error infinite.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from .backends import to_numpy
 
 if TYPE_CHECKING:
     from .model import HookedModel
+from .io import to_json
 
 # Relative error allowed between MLX (at the given dtype) and torch_ref in float32.
 # float32 against float32 is the contract; the half-precision rows are what rounding of
@@ -64,6 +64,7 @@ class ParityReport:
     dtype: str
     n_tokens: int
     rows: list[Row] = field(default_factory=list)
+    against: str = "torch_ref"  # what the MLX model is compared with
 
     @property
     def ok(self) -> bool:
@@ -105,21 +106,30 @@ class ParityReport:
         worst = self.worst
         verdict = "PASS" if self.ok else f"FAIL, first divergence at {self.first_divergence.name}"
         return (
-            f"parity {self.dtype} MLX vs torch_ref on {self.source} ({self.n_tokens} tokens, "
+            f"parity {self.dtype} MLX vs {self.against} on {self.source} ({self.n_tokens} tokens, "
             f"{len(self.rows)} tensors): {verdict}; worst {worst.name} {worst.rel_error:.2e}"
         )
 
     def to_json(self) -> str:
-        rows = [{**asdict(r), "ok": r.ok} for r in self.rows]
-        return json.dumps(
+        # strict JSON: an infinite error (non-finite entries in one backend only) is null
+        rows = [
+            {
+                **asdict(r),
+                "rel_error": r.rel_error if np.isfinite(r.rel_error) else None,
+                "ok": r.ok,
+            }
+            for r in self.rows
+        ]
+        return to_json(
             {
                 "source": self.source,
+                "against": self.against,
                 "dtype": self.dtype,
                 "n_tokens": self.n_tokens,
                 "ok": self.ok,
                 "rows": rows,
             },
-            indent=2,
+            "the parity report",
         )
 
 
@@ -243,3 +253,33 @@ def per_layer(report: ParityReport, kinds=("hook_resid_post", "hook_attn_out", "
         if len(parts) == 3 and parts[0] == "blocks" and parts[2] in out:
             out[parts[2]].append(r.rel_error)
     return out
+
+
+def compare_models(
+    source: str, against: str, text: str | list[str], dtype: str = "float32",
+    mlx_model=None, against_model=None, quantize: int | None = None, group_size: int = 64,
+) -> ParityReport:  # fmt: skip
+    """Two checkpoints of one architecture in MLX, hook by hook, on the same tokens (those of
+    ``source``'s tokenizer); ``against`` is the reference. A failure names the first hook
+    point, in forward order, over the tolerance of ``dtype``: where the two models part. ``quantize``: load ``source`` quantized (``against`` as stored)."""
+    from .model import load_model
+
+    model = mlx_model or load_model(source, dtype=dtype, quantize=quantize, group_size=group_size)
+    other = against_model or load_model(against, dtype=dtype)
+    a, b = model.cfg, other.cfg
+    for key in ("architecture", "n_layers", "d_model", "d_vocab"):
+        if getattr(a, key) != getattr(b, key):
+            raise ValueError(
+                f"{source} and {against} differ in {key} ({getattr(a, key)} vs {getattr(b, key)}); "
+                "--against compares two checkpoints of the same architecture and size"
+            )
+    if model.hook_names != other.hook_names:
+        raise ValueError(f"{source} and {against} have different hook points")
+    tokens, mask = model.tokenize(text)
+    logits, cache = model.run_with_cache(tokens, attention_mask=mask)
+    ref_logits, ref_cache = other.run_with_cache(tokens, attention_mask=mask)
+    report = compare_caches(
+        cache, ref_cache, logits, ref_logits, model.hook_names, dtype, str(source), tokens.size
+    )
+    report.against = str(against)
+    return report

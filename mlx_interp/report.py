@@ -17,7 +17,6 @@ missing, not filled in. ``mlx-interp report --run DIR --out report.md``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -30,10 +29,15 @@ from .system import CHROMIUM_FLAGS, find_chromium
 
 
 def _load(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """A run artefact's JSON, None when the stage did not write it; a one-line error naming
+    the file when it is there but damaged."""
+    from .io import read_json
+
+    if not path.is_file():
         return None
+    return read_json(
+        path, "rerun the stage that wrote it (delete its folder and run the demo again)"
+    )
 
 
 class Report:
@@ -408,15 +412,33 @@ def build_report(
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"run folder {run} does not exist; run `mlx-interp demo` or pass --run")
+    stages = ("pipeline.json", "basics", "analysis", "sae", "sae_eval", "features", "bench")
+    if not any((run / name).exists() for name in stages):
+        raise ValueError(
+            f"{run} holds no run artefacts (none of {', '.join(stages)}); run `mlx-interp demo "
+            f"--out {run}` first, or pass the run folder with --run"
+        )
     out = Path(out) if out else run / "report.md"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the Markdown file to write")
     r = Report(run, out.resolve() if out.is_absolute() else (Path.cwd() / out))
     pipeline = _load(run / "pipeline.json") or {}
     title = f"mlx-interp report: {pipeline.get('model', run.name)}"
     r.add(f"# {title}", "")
     for section in (setup_section, pages_section, activations_section, sae_section, features_section,
                     mlp_section, diff_section, parity_section, bench_section, conclusions_section):  # fmt: skip
-        section(r)
-    write_text(out, "\n".join(r.lines) + "\n")
+        try:
+            section(r)
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            stage = section.__name__.removesuffix("_section")
+            raise ValueError(
+                f"an artefact in {run} read by the {stage} section is malformed ({type(e).__name__}: "
+                f"{e}); rerun the stage that wrote it"
+            ) from None
+    from .io import output_folder
+
+    with output_folder(out.parent):
+        write_text(out, "\n".join(r.lines) + "\n")
     try:
         html_path = write_html(out, title)
     except ImportError:  # an environment set up before `markdown` became a dependency

@@ -88,6 +88,11 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
     rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
                "--hook", "blocks.1.mlp.hook_post", "--data", str(text_file)])  # fmt: skip
     err = capsys.readouterr().err
+    assert rc == 2 and "trained on blocks.1.hook_resid_post" in err and err.count("\n") == 1
+    # --force uses an SAE at another hook, but never one of another width
+    rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
+               "--hook", "blocks.1.mlp.hook_post", "--data", str(text_file), "--force"])  # fmt: skip
+    err = capsys.readouterr().err
     assert rc == 2 and "d_in=64" in err and "width 160" in err and err.count("\n") == 1
 
 

@@ -183,11 +183,18 @@ class HookedModel(nn.Module):
         """The text that follows prompt, one token at a time, recomputing the whole sequence
         each step with the hooks attached. Greedy when temperature is 0, else sampled."""
         tokens = self.to_tokens(prompt)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not temperature >= 0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
+            raise ValueError(
+                f"the prompt ({tokens.shape[1]} tokens) plus max_new_tokens={max_new_tokens} "
+                f"exceed the model's context length n_ctx={self.cfg.n_ctx}"
+            )
         generator = torch.Generator().manual_seed(seed)
         new_ids: list[int] = []
         for _ in range(max_new_tokens):
-            if tokens.shape[1] >= self.cfg.n_ctx:
-                break
             logits = self.run_with_hooks(tokens, fwd_hooks)[0, -1].float()
             if temperature > 0:
                 probs = torch.softmax(logits / temperature, dim=-1).cpu()

@@ -96,7 +96,7 @@ class TorchBackend:
         return {
             "loss": s["loss"] / n,
             "mse": s["mse"] / n,
-            "explained_variance": 1 - s["mse"] / s["var"],
+            "explained_variance": 1 - s["mse"] / s["var"] if s["var"] > 0 else 0.0,
             "l0": s["l0"] / n,
         }
 

@@ -8,7 +8,6 @@ last complete shard.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,10 +15,10 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import numpy as np
 
-from .. import distributed
+from .. import checks, distributed
 from ..data import DataSource
 from ..distributed import World
-from ..io import atomic_path, ensure_writable_dir, write_json
+from ..io import atomic_path, check_safetensors, output_folder, read_json, write_json
 from .rows import special_token_ids
 from .stream import ActivationBatch, _position_mode, check_hooks, iter_activations, stop_layer_for
 
@@ -94,6 +93,25 @@ def extract(
     order (``load_extraction``), the rows are bit-identical to a one-process run.
     """
     out = Path(out)
+    checks.integer("batch_size", batch_size)
+    checks.context_length(model, context_length)
+    checks.integer("max_tokens", max_tokens, none_ok=True)
+    checks.number("shard_mb", shard_mb, low=0, low_open=True)
+    world = world or distributed.world()
+    if world.size > 1:  # each rank writes its own files: its own lock, no cleaning of others'
+        lock = output_folder(out, lock_name=f".mlx-interp.rank{world.rank}.lock", clean=False)
+    else:
+        lock = output_folder(out)
+    with lock:
+        return _extract(model, hooks, out, texts, data_id=data_id, batch_size=batch_size,
+                        context_length=context_length, max_tokens=max_tokens, positions=positions,
+                        exclude_massive=exclude_massive, pack=pack, shard_mb=shard_mb,
+                        progress=progress, world=world, _stop_after_shards=_stop_after_shards)  # fmt: skip
+
+
+def _extract(model, hooks, out, texts, *, data_id, batch_size, context_length, max_tokens,
+             positions, exclude_massive, pack, shard_mb, progress, world, _stop_after_shards):  # fmt: skip
+    out = Path(out)
     tok = model._require_tokenizer()
     hooks = check_hooks(model, hooks)
     _position_mode(tok, positions)  # fail on a bad token before creating anything
@@ -115,8 +133,6 @@ def extract(
         world.check_same("extract", settings)
     prefix = f"r{world.rank}_" if ranked else ""
     progress_file = f"metadata.rank{world.rank}.json" if ranked else META_FILE
-    created = not out.exists()
-    ensure_writable_dir(out)
     if ranked and (out / META_FILE).exists():
         merged = _resume_state(out, settings, META_FILE, "r")
         if merged.get("complete"):
@@ -197,8 +213,6 @@ def extract(
     except ValueError:
         if not meta["shards"] and not ranked:  # nothing of value written: leave nothing behind
             (out / META_FILE).unlink(missing_ok=True)
-            if created and not any(out.iterdir()):
-                shutil.rmtree(out, ignore_errors=True)
         raise
     if not meta.get("complete"):
         # windows skipped without a forward pass at the end (positions=TOKEN) are done too
@@ -263,7 +277,6 @@ def _resume_state(out: Path, settings: dict, meta_file: str = META_FILE, prefix:
 
     prefix: the shard-name prefix this writer owns (``rR_`` for rank R of several).
     """
-    import json
 
     path = out / meta_file
     if not path.exists():
@@ -278,10 +291,9 @@ def _resume_state(out: Path, settings: dict, meta_file: str = META_FILE, prefix:
             "n_excluded": {},
             "complete": False,
         }
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path} ({e}); remove it or choose another --out") from None
+    meta = read_json(path, f"delete {out} and extract again, or choose another --out")
+    if not isinstance(meta, dict) or not isinstance(meta.get("shards"), list):
+        raise ValueError(f"{path} is not an extraction's metadata; choose another --out")
     differ = [k for k, v in settings.items() if meta.get(k) != v]
     if differ:
         k = differ[0]
@@ -289,10 +301,7 @@ def _resume_state(out: Path, settings: dict, meta_file: str = META_FILE, prefix:
             f"{out} holds an extraction with other settings ({k}: {meta.get(k)!r} there, "
             f"{settings[k]!r} now); choose another --out folder"
         )
-    for s in meta["shards"]:
-        for f in (s["file"], s["rows_file"]):
-            if not (out / f).exists():
-                raise ValueError(f"{out / f} is listed in {META_FILE} but missing")
+    verify_shards(out, meta, meta_file)
     # shards written after the last metadata update are incomplete work: drop them
     listed = {f for s in meta["shards"] for f in (s["file"], s["rows_file"])}
     for kind in ("shard", "rows"):
@@ -300,6 +309,26 @@ def _resume_state(out: Path, settings: dict, meta_file: str = META_FILE, prefix:
             if p.name not in listed:
                 p.unlink()
     return meta
+
+
+def verify_shards(out: Path, meta: dict, meta_file: str = META_FILE) -> None:
+    """Check that every shard listed in the metadata is on disk, whole, with its rows."""
+    fix = f"the extraction in {out} is damaged: delete the folder and extract again"
+    try:
+        for s in meta["shards"]:
+            n = int(s["n_rows"])
+            for f, names in ((s["file"], meta["hooks"]), (s["rows_file"], ["token_ids"])):
+                if not (out / f).exists():
+                    raise ValueError(f"{out / f} is listed in {meta_file} but missing; {fix}")
+                header = check_safetensors(out / f, fix)
+                for name in names:
+                    if name not in header or int(header[name]["shape"][0]) != n:
+                        raise ValueError(
+                            f"{out / f} does not hold the {n} rows of {name} that {meta_file} "
+                            f"lists; {fix}"
+                        )
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{out / meta_file} is malformed ({e!r}); {fix}") from None
 
 
 # ------------------------------------------------------------- reading back
@@ -339,9 +368,17 @@ def iter_shards(out: str | Path, hooks: list[str] | None = None):
 
 def read_metadata(out: Path) -> dict:
     """The metadata.json of an extraction folder (a one-line error when there is none)."""
-    import json
 
     path = Path(out) / META_FILE
     if not path.exists():
         raise ValueError(f"{out} holds no extraction ({META_FILE} is missing)")
-    return json.loads(path.read_text())
+    meta = read_json(path, f"delete {out} and extract again")
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("shards"), list)
+        or "hooks" not in meta
+    ):
+        raise ValueError(f"{path} is not an extraction's metadata; delete {out} and extract again")
+    if meta.get("shards"):
+        verify_shards(Path(out), meta)
+    return meta

@@ -436,11 +436,17 @@ def patching_heatmap(pr, path: str | Path, model_name: str = "") -> list[Path]:
 
 def token_occurrences_report(ta, out: str | Path, title_model: str = "") -> list[Path]:
     """For `mlx-interp tokens --out`: activations, occurrences (CSV) and a similarity plot per hook."""
+    from ..io import output_folder
+
+    with output_folder(out) as out:
+        return _token_occurrences_report(ta, out, title_model)
+
+
+def _token_occurrences_report(ta, out: Path, title_model: str) -> list[Path]:
     import mlx.core as mx
 
-    from ..io import atomic_path, ensure_writable_dir
+    from ..io import atomic_path
 
-    out = ensure_writable_dir(out)
     written = []
     with atomic_path(out / "token_activations.safetensors") as tmp:
         mx.save_safetensors(str(tmp), {h: mx.array(a) for h, a in ta.acts.items()})

@@ -46,13 +46,35 @@ def run_all(
     """
     from pathlib import Path
 
-    from ..io import ensure_writable_dir, write_text
+    from .. import checks
+    from ..io import output_folder
 
-    out = ensure_writable_dir(out)
     n = model.cfg.n_layers
     layers = list(layers) if layers is not None else _spread(n)
+    for layer in layers:
+        checks.integer("layer", layer, minimum=-1, maximum=n - 1)  # -1: the embeddings
+    if not layers:
+        raise ValueError("no layers given")
     neuron_hook = neuron_hook or f"blocks.{n // 2}.mlp.hook_post"
     model.check_hook_name(neuron_hook)
+    checks.integer("max_tokens", max_tokens)
+    checks.context_length(model, context_length)
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("give at least one prompt, and no empty ones")
+    for p in prompts:
+        model._check_length(len(model.to_tokens(p)[0]), f"the prompt {p[:30]!r} gives")
+    with output_folder(out):
+        return _run_all(model, prompts, Path(out), texts, model_name, neuron_hook, layers,
+                        max_tokens, context_length, token, log)  # fmt: skip
+
+
+def _run_all(model, prompts, out, texts, model_name, neuron_hook, layers, max_tokens,
+             context_length, token, log) -> list:  # fmt: skip
+    from pathlib import Path
+
+    from ..io import write_text
+
     name = model_name or str(model.source)
     if texts is None:
         from ..data import default_corpus

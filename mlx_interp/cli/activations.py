@@ -84,8 +84,18 @@ def _hooks(arg: str) -> list[str]:
 
 
 def _positions(arg: str) -> str | int:
-    if arg.startswith("id:") and arg[3:].isdigit():
-        return int(arg[3:])
+    """'all', 'last', a token string, or 'id:N' (a token id; anything else after 'id:' is
+    an error, not a token string)."""
+    if arg.startswith("id:"):
+        try:
+            tid = int(arg[3:])
+        except ValueError:
+            raise ValueError(f"{arg!r}: after 'id:' give a token id (an integer)") from None
+        if tid < 0:
+            raise ValueError(f"{arg!r}: token ids are >= 0")
+        return tid
+    if not arg:
+        raise ValueError("the token is empty; give 'all', 'last', a token string or id:N")
     return arg
 
 
@@ -97,35 +107,34 @@ def open_data(data: str | None, split: str):
 
 
 def cmd_extract(args) -> int:
+    from .. import checks
     from ..activations import extract
-    from ..io import ensure_writable_dir
+    from ..io import check_writable
     from .common import model_from_args
 
     hooks = _hooks(args.hooks)
+    positions = _positions(args.positions)
+    checks.integer("--batch-size", args.batch_size)
+    checks.integer("--context-length", args.context_length, minimum=2)
+    checks.integer("--max-tokens", args.max_tokens, none_ok=True)
+    checks.number("--shard-mb", args.shard_mb, low=0, low_open=True)
+    out = check_writable(args.out)  # creates nothing: extract creates and locks the folder
     source = open_data(args.data, args.split)
-    out = Path(args.out)
-    existed = out.exists()
-    ensure_writable_dir(out)  # fail before loading anything
-    try:
-        model = model_from_args(args)
-        t0 = time.perf_counter()
-        meta = extract(
-            model,
-            hooks,
-            out,
-            source,
-            batch_size=args.batch_size,
-            context_length=args.context_length,
-            max_tokens=args.max_tokens,
-            positions=_positions(args.positions),
-            exclude_massive=args.exclude_massive,
-            shard_mb=args.shard_mb,
-            progress=True,
-        )
-    except BaseException:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # leave nothing behind
-        raise
+    model = model_from_args(args)
+    t0 = time.perf_counter()
+    meta = extract(
+        model,
+        hooks,
+        out,
+        source,
+        batch_size=args.batch_size,
+        context_length=args.context_length,
+        max_tokens=args.max_tokens,
+        positions=positions,
+        exclude_massive=args.exclude_massive,
+        shard_mb=args.shard_mb,
+        progress=True,
+    )
     dt = time.perf_counter() - t0
     excluded = ", ".join(f"{k} {v}" for k, v in meta["n_excluded"].items() if v) or "none"
     print(
@@ -136,10 +145,13 @@ def cmd_extract(args) -> int:
 
 
 def cmd_tokens(args) -> int:
+    from .. import checks
     from ..activations import token_activations
     from .common import model_from_args
 
     hooks = _hooks(args.hooks)
+    checks.integer("--context-length", args.context_length, minimum=2)
+    checks.integer("--max-tokens", args.max_tokens, none_ok=True)
     if args.text:
         docs = [t for t in args.text if t.strip()]
         if not docs:
@@ -147,9 +159,9 @@ def cmd_tokens(args) -> int:
     else:
         docs = open_data(args.data, args.split).documents()
     if args.out:
-        from ..io import ensure_writable_dir
+        from ..io import check_writable
 
-        ensure_writable_dir(args.out)
+        check_writable(args.out)
     model = model_from_args(args)
     ta = token_activations(
         model,
@@ -176,10 +188,13 @@ def cmd_tokens(args) -> int:
 
 def read_prompts(path) -> list[str]:
     """The non-empty lines of a prompts file, stripped."""
+    from ..data import _read
+
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompts file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ValueError(f"prompts file {path} {what}")
+    prompts = [line.strip() for line in _read(path).splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompts file {path} holds no prompt")
     return prompts
@@ -201,9 +216,11 @@ def run_analysis(
     """The ``analyze`` command as a function: every analysis on the first ``max_prompts`` of
     ``prompts`` (None: two built in), positional ones over ``texts`` (None: the default
     corpus, held-out split), written into ``out`` with ``index.md``; returns the paths."""
+    from .. import checks
     from ..analysis import run_all
     from ..data import PROMPTS as DEFAULT_PROMPTS
 
+    checks.integer("max_prompts", max_prompts)
     prompts = list(prompts or DEFAULT_PROMPTS[:2])[:max_prompts]
     t0 = time.perf_counter()
     written = run_all(
@@ -221,15 +238,21 @@ def run_analysis(
 
 
 def cmd_analyze(args) -> int:
+    from .. import checks
     from ..data import DataSource
-    from ..io import ensure_writable_dir
+    from ..io import check_writable
     from .common import model_from_args
 
+    checks.integer("--max-prompts", args.max_prompts)
+    checks.integer("--max-tokens", args.max_tokens)
     prompts = read_prompts(args.prompts) if args.prompts else None
     split = args.split or ("all" if args.data else "heldout")
     texts = list(DataSource(args.data, split).check().documents())
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    ensure_writable_dir(args.out)  # fail before loading anything
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise ValueError(f"--layers {args.layers!r}: give comma-separated layer numbers") from None
+    check_writable(args.out)  # fail before loading anything; creates nothing
     model = model_from_args(args)
     run_analysis(
         model,

@@ -122,10 +122,25 @@ def run_demo(
     log=print,
 ) -> Path:
     """Run every stage not yet done into ``out``; returns the report's path."""
+    from ..io import output_folder
+
+    if sae_tokens is not None and (isinstance(sae_tokens, bool) or not isinstance(sae_tokens, int) or sae_tokens < 1):  # fmt: skip
+        raise ValueError(f"sae_tokens must be a positive integer, got {sae_tokens!r}")
+    if sae_tokens is not None and sae_tokens < 2048:
+        raise ValueError(f"sae_tokens must be at least one training batch (2048), got {sae_tokens}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    unknown = [s for s in skip if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES[:-1])}")
+    with output_folder(out) as out:
+        return _run_demo(model_name, out, quick, hook, sae_tokens, skip, seed, log)
+
+
+def _run_demo(model_name, out: Path, quick, hook, sae_tokens, skip, seed, log) -> Path:
     from ..model import load_model
     from ..report import build_report
 
-    out = ensure_writable_dir(out)
     done_dir = out / ".done"
     budget = dict(BUDGETS["quick" if quick else "full"])
     if sae_tokens:

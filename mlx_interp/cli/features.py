@@ -25,6 +25,8 @@ from .common import ReadOptions, add_sae_and_data, model_from_args, reading
 
 
 def add_commands(sub, add_model) -> None:
+    from .sae import add_force
+
     sp = sub.add_parser(
         "features", help="feature statistics, monosemanticity vs neurons, dashboards of an SAE"
     )
@@ -42,7 +44,7 @@ def add_commands(sub, add_model) -> None:
         "mlp.hook_post; 'none' for no baseline)",
     )
     add_options(sp, ReadOptions)
-    sp.add_argument("--ignore-model-name", action="store_true", help="skip the model-name check")
+    add_force(sp)
     sp.add_argument("--seed", type=int, default=0, help="which features get pages (sampled)")
     sp.set_defaults(func=cmd_features)
 
@@ -73,31 +75,29 @@ def run_features(
     ``mlx_interp.data.DataSource`` (None: the default corpus, held-out split); one that
     shares documents with the SAE's training data is refused, before anything is written,
     unless ``allow_train_data``."""
-    import numpy as np
-
+    from .. import checks
     from ..data import DataSource
-    from ..features.collect import (
-        check_data_for_sae,
-        compute_feature_stats,
-        logit_effects,
-        vocab_strings,
-    )
-    from ..features.compare import write_comparison
-    from ..features.dashboards import write_dashboards, write_features_csv
-    from ..features.store import write_store
-    from ..io import ensure_writable_dir, write_json
+    from ..features.collect import check_data_for_sae, compute_feature_stats
+    from ..io import check_writable, output_folder
     from ..sae import load_sae
-    from ..system import peak_rss_mb
 
+    checks.integer("tokens", tokens)
+    stats_config = StatsConfig(top_k=top_k)
+    if top_k > tokens:
+        raise ValueError(f"top_k={top_k} is more than the tokens analysed ({tokens})")
+    checks.integer("max_features", max_features, minimum=0)
+    checks.context_length(model, context_length)
+    checks.integer("batch_size", batch_size)
+    checks.integer("seed", seed, minimum=0)
+    check_writable(out)
     t0 = time.perf_counter()
     sae = load_sae(sae_folder, backend)
     if isinstance(texts, DataSource):
         check_data_for_sae(texts, sae.cfg, allow_train_data)
-    out = ensure_writable_dir(out)
-    if features:
-        for j in features:
-            if not 0 <= j < sae.cfg.d_sae:
-                raise ValueError(f"feature {j} is out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")  # fmt: skip
+    for j in features or ():
+        checks.integer("feature", j, minimum=0)
+        if not 0 <= j < sae.cfg.d_sae:
+            raise ValueError(f"feature {j} is out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")  # fmt: skip
     r = compute_feature_stats(
         model,
         sae,
@@ -107,7 +107,7 @@ def run_features(
         backend=backend,
         batch_size=batch_size,
         context_length=context_length,
-        stats_config=StatsConfig(top_k=top_k),
+        stats_config=stats_config,
         model_name=model_name,
         progress=progress,
         allow_train_data=allow_train_data,
@@ -117,6 +117,20 @@ def run_features(
     if data_name:
         info["data"] = data_name
     t_pass = time.perf_counter() - t0
+    with output_folder(out):
+        return _write_features(model, sae, Path(out), r, info, t0, t_pass, max_features, features, seed, log)  # fmt: skip
+
+
+def _write_features(model, sae, out, r, info, t0, t_pass, max_features, features, seed, log) -> dict:  # fmt: skip
+    import numpy as np
+
+    from ..features.collect import logit_effects, vocab_strings
+    from ..features.compare import write_comparison
+    from ..features.dashboards import write_dashboards, write_features_csv
+    from ..features.store import write_store
+    from ..io import write_json
+    from ..system import peak_rss_mb
+
     vocab = vocab_strings(model._require_tokenizer(), r["sae"].vocab_size)
     d_model = model.cfg.d_model
     w_dec = np.array(sae.numpy_params()["W_dec"])
@@ -163,7 +177,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     texts = DataSource(args.data, args.split).check()
 
     sae_cfg = load_sae(args.sae, args.backend).cfg
-    name = sae_cfg.model_name if args.ignore_model_name else str(args.model)
+    name = sae_cfg.model_name if args.force else str(args.model)
     run_features(
         model,
         args.sae,

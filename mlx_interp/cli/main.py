@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -40,12 +41,24 @@ def cmd_info(args) -> int:
 
 def cmd_parity(args) -> int:
     from ..data import PROMPTS
-    from ..parity import compare_backends
+    from ..parity import compare_backends, compare_models
 
     texts = args.text or PROMPTS[:2]
-    report = compare_backends(
-        args.model, texts, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
-    )
+    if any(not t.strip() for t in texts):
+        raise ValueError("--text is empty; give some text")
+    if args.json:
+        from ..io import check_writable
+
+        if Path(args.json).is_dir():
+            raise ValueError(f"--json {args.json} is a folder; give a file name")
+        check_writable(Path(args.json).parent, "--json")
+    if args.against:
+        report = compare_models(args.model, args.against, texts, dtype=args.dtype,
+                                quantize=args.quantize, group_size=args.group_size)  # fmt: skip
+    else:
+        report = compare_backends(
+            args.model, texts, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size
+        )
     print(report.table(only_failures=args.failures_only))
     print(report.summary())
     if args.quantize:  # and what quantizing costs, layer by layer (informational)
@@ -102,7 +115,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlx-interp", description=__doc__)
+    p = _Parser(prog="mlx-interp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_model(sp, dtypes=("float32", "float16", "bfloat16")):
@@ -128,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--text", action="append", help="input text (repeat for a batch)")
     sp.add_argument("--failures-only", action="store_true", help="list only hooks over tolerance")
     sp.add_argument("--json", help="also write the report as JSON to this file")
+    sp.add_argument(
+        "--against",
+        metavar="SOURCE",
+        help="compare with another checkpoint in MLX instead of torch_ref (names the first "
+        "hook point where the two differ)",
+    )
     sp.set_defaults(func=cmd_parity)
 
     sp = sub.add_parser(
@@ -172,17 +191,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``mlx-interp CMD: error: ...`` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.strerror:
+        msg = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return " ".join(str(msg).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Errors are one line on stderr: exit 2 for bad input (arguments,
+    files, data), 1 for an unexpected failure (MLX_INTERP_DEBUG=1 shows its traceback)."""
+    import os
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"mlx-interp {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:
+        print(
+            f"mlx-interp {args.command}: error: out of memory ({_one_line(e)}); use smaller "
+            "sizes (--batch-size, --tokens, --top-k, --buffer-rows)",
+            file=sys.stderr,
+        )
+        return 2
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        print(f"mlx-interp {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - never a traceback for a user, unless asked
+        if os.environ.get("MLX_INTERP_DEBUG"):
+            raise
+        print(
+            f"mlx-interp {args.command}: error: unexpected {type(e).__name__}: {_one_line(e)} "
+            "(MLX_INTERP_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,17 @@ from ..sae.training import TrainConfig
 from .common import ReadOptions, add_sae_and_data, add_split, model_from_args, reading
 
 
+def add_force(sp) -> None:
+    """``--force``: use an SAE with a model or hook it was not trained on (every command)."""
+    sp.add_argument(
+        "--force",
+        "--ignore-model-name",
+        dest="force",
+        action="store_true",
+        help="use the SAE even if its cfg.json names another model or hook point",
+    )
+
+
 def add_commands(sub, add_model) -> None:
     sp = sub.add_parser("train-sae", help="train sparse autoencoders on a model's activations")
     add_model(sp)
@@ -43,6 +54,7 @@ def add_commands(sub, add_model) -> None:
         "--out", help="folder for metrics.json and the density histogram (default: --sae)"
     )
     add_options(sp, ReadOptions)
+    add_force(sp)
     sp.set_defaults(func=cmd_eval_sae)
 
 
@@ -70,10 +82,11 @@ def train_saes(
     writes ``out/<hook>/`` and ``out/training.json``, logs one line per hook and returns the
     training summary. ``batch_size`` is context windows per forward pass."""
     from ..data import DataSource
-    from ..io import ensure_writable_dir
+    from ..io import check_writable
     from ..sae.stream import extraction_source, model_source
     from ..sae.training import train_sae
 
+    check_writable(out)  # creates nothing: train_sae creates and locks the folder
     stats: dict = {}
     if activations:
         from ..activations import read_metadata
@@ -81,6 +94,7 @@ def train_saes(
         record = read_metadata(activations).get("data_source") or {}
         source = extraction_source(activations, hooks, epochs=epochs, stats=stats)
         meta = {"dataset_path": record.get("data", str(activations)), "activations": str(activations)}  # fmt: skip
+        model_name = _extraction_model(activations, model_name)
     else:
         data_source = DataSource(data, split).check()
         record = data_source.record()
@@ -95,7 +109,6 @@ def train_saes(
             stats=stats,
         )
         meta = {"dataset_path": record["data"], "context_size": context_length}
-    ensure_writable_dir(out)
     # what the SAE was trained on: eval-sae and features refuse to score it on the same documents
     meta["dataset_split"] = record.get("split")
     meta["dataset_fingerprint"] = record.get("fingerprint")
@@ -127,13 +140,16 @@ def train_saes(
 def eval_sae(model, sae_folder, out=None, *, log=print, **kwargs) -> dict:
     """The ``eval-sae`` command as a function: ``mlx_interp.sae.eval.evaluate_sae(sae_folder,
     model, **kwargs)`` (by default on the held-out split of the default corpus; it refuses
-    data that shares documents with the SAE's training data unless ``allow_train_data``),
-    written as ``metrics.json`` and the density histogram into ``out`` (default: the SAE
-    folder) and printed; returns the metrics."""
+    data that shares documents with the SAE's training data unless ``allow_train_data``, and
+    an SAE of another model or hook unless ``force``), written as ``metrics.json`` and the
+    density histogram into ``out`` (default: the SAE folder) and printed; returns the
+    metrics."""
     from pathlib import Path
 
+    from ..io import check_writable
     from ..sae.eval import evaluate_sae, print_report, write_report
 
+    check_writable(Path(out or sae_folder))
     report, density = evaluate_sae(sae_folder, model, **kwargs)
     print_report(report)
     paths = write_report(Path(out or sae_folder), report, density)
@@ -142,9 +158,9 @@ def eval_sae(model, sae_folder, out=None, *, log=print, **kwargs) -> dict:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from ..io import ensure_writable_dir
+    from ..io import check_writable
 
-    ensure_writable_dir(args.out)  # fail before loading anything
+    check_writable(args.out)  # fail before loading anything; creates nothing
     tc = options_from_args(TrainConfig, args)
     model = None if args.activations else model_from_args(args)
     train_saes(
@@ -164,8 +180,32 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extraction_model(folder, model: str | None) -> str:
+    """The model an extraction was made with (the SAE's model_name); ``model``, when given
+    (and not the default), must be that model."""
+    from pathlib import Path
+
+    from ..activations import read_metadata
+    from ..sae.config import model_identity
+    from .main import DEFAULT_MODEL
+
+    made_with = str(read_metadata(Path(folder))["model"])
+    if model and model != DEFAULT_MODEL and model_identity(model) != model_identity(made_with):
+        raise ValueError(
+            f"the activations in {folder} come from model {made_with!r}, not {model!r}; drop "
+            "--model (it is read from the extraction) or give that model"
+        )
+    return made_with
+
+
 def cmd_eval_sae(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..io import check_writable
+
+    check_writable(Path(args.out or args.sae))
     model = model_from_args(args)
     eval_sae(model, args.sae, args.out, data=args.data, split=args.split, hook=args.hook,
-             allow_train_data=args.allow_train_data, tokens=args.tokens, **reading(args))  # fmt: skip
+             allow_train_data=args.allow_train_data, tokens=args.tokens,
+             model_name=str(args.model), force=args.force, **reading(args))  # fmt: skip
     return 0

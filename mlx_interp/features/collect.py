@@ -32,26 +32,7 @@ def encoder(sae):
     return numpy_runner(sae)
 
 
-def check_sae_for_model(
-    sae_cfg, model: HookedModel, hook: str | None = None, model_name: str | None = None
-):
-    """The hook to read; one-line errors for an SAE of another hook, width or model."""
-    hook = hook or sae_cfg.hook_name
-    if hook is None:
-        raise ValueError("the SAE's cfg.json names no hook point; give --hook")
-    model.check_hook_name(hook)
-    if sae_cfg.hook_name and hook != sae_cfg.hook_name:
-        raise ValueError(
-            f"the SAE was trained on {sae_cfg.hook_name}, not {hook}; "
-            "drop --hook or give the SAE of that hook"
-        )
-    name = str(model_name if model_name is not None else model.source)
-    if sae_cfg.model_name and name and sae_cfg.model_name != name:
-        raise ValueError(
-            f"the SAE was trained on model {sae_cfg.model_name!r}, not {name!r}; "
-            "load that model (or pass --ignore-model-name if it is the same model under another name)"
-        )
-    return hook
+from ..sae.config import check_sae_for_model  # noqa: E402 - one check for every command
 
 
 def check_data_for_sae(source: DataSource, sae_cfg, allow_train_data: bool = False) -> None:

@@ -25,9 +25,11 @@ from ..analysis.interventions import _check_hook, _loss_and_logprobs
 from ..backends import HookedModelLike, backend_of, from_numpy, is_torch, to_numpy
 
 
-def sae_for_model(model: HookedModelLike, sae):
-    """The SAE in the model's backend: a folder is loaded there; an object must match."""
+def sae_for_model(model: HookedModelLike, sae, force: bool = False):
+    """The SAE in the model's backend: a folder is loaded there; an object must match.
+    An SAE trained on another model is refused unless ``force``."""
     from ..sae import load_sae
+    from ..sae.config import check_sae_for_model
 
     backend = backend_of(model)
     sae = load_sae(sae, backend)
@@ -36,6 +38,8 @@ def sae_for_model(model: HookedModelLike, sae):
             f"the SAE is a {backend_of(sae)} object but the model runs in {backend}; "
             "pass the SAE folder and it is loaded in the model's backend"
         )
+    if sae.cfg.hook_name is not None and hasattr(model, "check_hook_name"):
+        check_sae_for_model(sae.cfg, model, force=force)
     return sae
 
 
@@ -78,9 +82,15 @@ def steer_feature(
     mode: str = "add",
     value: float = 10.0,
     max_new_tokens: int = 20,
+    force: bool = False,
 ) -> dict:
-    """Greedy continuations of ``prompt`` without and with the feature added / clamped."""
-    sae = sae_for_model(model, sae)
+    """Greedy continuations of ``prompt`` without and with the feature added / clamped
+    (an SAE of another model is refused unless ``force``)."""
+    import math
+
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"value must be a finite number, got {value!r}")
+    sae = sae_for_model(model, sae, force)
     hook = _check(model, sae, feature)
     fn = feature_hook(model, sae, feature, mode, value)
     return {
@@ -108,10 +118,11 @@ class FeatureAblationResult:
 
 
 def feature_ablation(
-    model: HookedModelLike, sae, text: str, features: Sequence[int]
+    model: HookedModelLike, sae, text: str, features: Sequence[int], force: bool = False
 ) -> FeatureAblationResult:
-    """Ablate each feature in turn (clamp to 0) and measure the next-token loss on ``text``."""
-    sae = sae_for_model(model, sae)
+    """Ablate each feature in turn (clamp to 0) and measure the next-token loss on ``text``
+    (an SAE of another model is refused unless ``force``)."""
+    sae = sae_for_model(model, sae, force)
     if isinstance(features, (int, np.integer)):
         features = [features]
     hook = None

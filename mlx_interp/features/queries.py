@@ -61,12 +61,13 @@ def features_for_token(store: FeatureStore, token, top: int = 20, min_count: int
     ]
 
 
-def features_for_text(model: HookedModel, sae, text: str, top: int = 5, store: FeatureStore | None = None) -> list[dict]:  # fmt: skip
-    """Per token of ``text``: its top active features (index, activation[, top tokens])."""
+def features_for_text(model: HookedModel, sae, text: str, top: int = 5, store: FeatureStore | None = None, force: bool = False) -> list[dict]:  # fmt: skip
+    """Per token of ``text``: its top active features (index, activation[, top tokens]).
+    An SAE of another model or hook is refused unless ``force``."""
     import mlx.core as mx
 
     sae = load_sae(sae)
-    hook = check_sae_for_model(sae.cfg, model, None, sae.cfg.model_name or str(model.source))
+    hook = check_sae_for_model(sae.cfg, model, force=force)
     if not text:
         raise ValueError("empty text")
     tokens = model.to_tokens(text)

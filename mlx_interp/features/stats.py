@@ -42,6 +42,14 @@ class StatsConfig:
     compact_every: int = 4_000_000  # pending pairs that trigger a compaction of the table
     token_table: bool = True  # False: no (token, unit) table (no explanation score), faster
 
+    def __post_init__(self) -> None:
+        from ..checks import integer
+
+        self.top_k = integer("top_k", self.top_k, maximum=100_000)
+        self.context_left = integer("context_left", self.context_left, minimum=0)
+        self.context_right = integer("context_right", self.context_right, minimum=0)
+        self.max_pairs = integer("max_pairs", self.max_pairs)
+
 
 class SparseTable:
     """Sums and counts over int64 keys, appended per batch and compacted now and then."""

@@ -47,15 +47,24 @@ class SAEConfig:
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; expected one of {', '.join(ARCHITECTURES)}"
             )
-        if int(self.d_in) < 1 or int(self.d_sae) < 1:
-            raise ValueError(f"d_in and d_sae must be positive (got {self.d_in}, {self.d_sae})")
-        self.d_in, self.d_sae = int(self.d_in), int(self.d_sae)
+        from ..checks import integer, number
+
+        self.d_in = integer("d_in", self.d_in)
+        self.d_sae = integer("d_sae", self.d_sae)
         if self.architecture in ("topk", "batchtopk"):
             if self.k is None:
                 raise ValueError(f"a {self.architecture} SAE needs k")
-            if not 1 <= int(self.k) <= self.d_sae:
+            self.k = integer("k", self.k)
+            if self.k > self.d_sae:
                 raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
-            self.k = int(self.k)
+        if self.threshold is not None:
+            self.threshold = number("threshold", self.threshold, low=0)
+        if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
+            raise ValueError(f"dtype {self.dtype!r} is not supported (float32, float16, bfloat16)")
+        for key in ("hook_name", "model_name"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{key} must be a string, got {v!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,8 +155,8 @@ class SAEConfig:
         if arch not in ("standard", "topk", "jumprelu", "batchtopk"):
             raise ValueError(f"SAE architecture {arch!r} is not supported")
         return cls(
-            d_in=int(cfg["d_in"]),
-            d_sae=int(cfg["d_sae"]),
+            d_in=cfg["d_in"],
+            d_sae=cfg["d_sae"],
             architecture=arch,
             hook_name=hook,
             model_name=flat.get("model_name"),
@@ -183,3 +192,41 @@ def weight_names(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     if cfg.architecture in ("jumprelu", "batchtopk"):
         shapes["threshold"] = (cfg.d_sae,)
     return shapes
+
+
+def model_identity(name) -> str:
+    """A model name compared across commands: embedded aliases lower-cased, paths that exist
+    resolved (so ``./m`` and ``/abs/m`` are the same model), anything else as given."""
+    import os
+    from pathlib import Path
+
+    text = os.fspath(name)
+    p = Path(text).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    return text.lower() if "/" not in text else text
+
+
+def check_sae_for_model(
+    sae_cfg: SAEConfig, model, hook: str | None = None, model_name: str | None = None,
+    force: bool = False,
+) -> str:  # fmt: skip
+    """The hook to read; one-line errors for an SAE of another hook or model (``force``
+    skips these two) or of another width (never skipped)."""
+    hook = hook or sae_cfg.hook_name
+    if hook is None:
+        raise ValueError("the SAE's cfg.json names no hook point; give --hook")
+    model.check_hook_name(hook)
+    if not force and sae_cfg.hook_name and hook != sae_cfg.hook_name:
+        raise ValueError(
+            f"the SAE was trained on {sae_cfg.hook_name}, not {hook}; drop --hook, give the SAE "
+            "of that hook, or pass --force to use it anyway"
+        )
+    name = model_name if model_name is not None else getattr(model, "source", None)
+    if not force and sae_cfg.model_name and name:
+        if model_identity(sae_cfg.model_name) != model_identity(name):
+            raise ValueError(
+                f"the SAE was trained on model {sae_cfg.model_name!r}, not {str(name)!r}; load "
+                "that model, or pass --force if it is the same model under another name"
+            )
+    return hook

@@ -39,29 +39,35 @@ def evaluate_sae(
     massive_factor: float = MASSIVE_FACTOR,
     split: str = "heldout",
     allow_train_data: bool = False,
+    model_name: str | None = None,
+    force: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density).
 
     data, split: the documents (``mlx_interp.data.DataSource``; None: the default corpus),
     held-out split by default. Data that shares documents with what the SAE was trained
     on (same fingerprint, overlapping split; ``trained_on``) raises a one-line ValueError
-    unless ``allow_train_data``.
+    unless ``allow_train_data``. An SAE trained on another model (``model_name``, default
+    ``model.source``) or hook is refused unless ``force``; one of another width always is.
     """
     import mlx.core as mx
 
+    from .. import checks
     from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
     from ..activations.windows import PAD, iter_windows
     from ..data import DataSource
+    from .config import check_sae_for_model
 
+    checks.integer("tokens", tokens)
+    checks.context_length(model, context_length)
+    checks.integer("batch_size", batch_size)
+    checks.number("massive_factor", massive_factor, low=1, low_open=True)
     source = DataSource(data, split).check()
     sae = load_sae(sae_folder, backend)
     run = numpy_runner(sae, decode=True)
     trained = trained_on(sae.cfg)
     source.check_not_trained_on(trained, allow_train_data)
-    hook = hook or sae.cfg.hook_name
-    if hook is None:
-        raise ValueError("the SAE's cfg.json names no hook point; give --hook")
-    model.check_hook_name(hook)
+    hook = check_sae_for_model(sae.cfg, model, hook, model_name, force)
     texts = source.documents()
     tok = model._require_tokenizer()
     acc = MetricAccumulator(sae.cfg.d_sae)
@@ -142,7 +148,9 @@ def evaluate_sae(
         "ce_loss_clean": ce["clean"] / n_pred,
         "ce_loss_sae": ce["sae"] / n_pred,
         "ce_loss_zero_ablation": ce["zero"] / n_pred,
-        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"])
+        if ce["zero"] != ce["clean"]
+        else None,  # undefined: zero ablation changes nothing
         "kl_div": kl / n_pred,
         "n_predictions": n_pred,
         "rows_left_out": excluded,
@@ -154,6 +162,12 @@ def evaluate_sae(
             "reported apart (massive_rows)"
         ),
     }
+    for key, v in report.items():
+        if isinstance(v, float) and not np.isfinite(v):
+            raise ValueError(
+                f"evaluation of {sae_folder} gave {key} = {v}: the SAE or the model produced "
+                "non-finite values"
+            )
     return report, acc.density()
 
 
@@ -191,7 +205,7 @@ def print_report(r: dict) -> None:
         ("ce_loss_recovered", "CE loss recovered"),
         ("kl_div", "KL(clean || SAE)"),
     ]:
-        print(f"  {label:24s} {r[key]:.4f}")
+        print(f"  {label:24s} {r[key]:.4f}" if r[key] is not None else f"  {label:24s} n/a")
     print("  SAEBench core metrics:")
     for key in SAEBENCH_SHOWN:
         print(f"    {key:30s} {r['saebench'][key]:.4f}")
@@ -209,16 +223,15 @@ def print_report(r: dict) -> None:
 
 
 def write_report(out: Path, report: dict, density: np.ndarray) -> list[Path]:
-    from ..io import atomic_path, write_json
+    from ..io import atomic_path, output_folder, write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    js = write_json(out / "metrics.json", report)
-    png = out / "feature_density.png"
-    with atomic_path(png) as tmp:
-        log10_density_histogram(
-            density,
-            tmp,
-            f"{report['hook']}: {report['architecture']} d_sae={report['d_sae']}, {report['n_rows']} tokens",
-        )
+    with output_folder(out) as out:
+        js = write_json(out / "metrics.json", report)
+        png = out / "feature_density.png"
+        with atomic_path(png) as tmp:
+            log10_density_histogram(
+                density,
+                tmp,
+                f"{report['hook']}: {report['architecture']} d_sae={report['d_sae']}, {report['n_rows']} tokens",
+            )
     return [js, png]

@@ -8,38 +8,18 @@ so an interrupted save never leaves a half-written SAE.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..io import load_safetensors, read_json, to_json, write_folder_atomic
 from .config import SAEConfig, weight_names
+
+__all__ = ["load_sae_folder", "save_sae_folder", "write_folder_atomic"]
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-
-
-def write_folder_atomic(folder: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_folder)``, then move the finished folder to ``folder`` in one step."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        write(tmp)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / "x")
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def save_sae_folder(folder: str | os.PathLike, cfg: SAEConfig, weights: dict[str, np.ndarray]):
@@ -58,27 +38,30 @@ def save_sae_folder(folder: str | os.PathLike, cfg: SAEConfig, weights: dict[str
 
     def write(tmp: Path) -> None:
         save_file(arrays, str(tmp / WEIGHTS_FILENAME))
-        (tmp / CFG_FILENAME).write_text(json.dumps(cfg.to_saelens(), indent=2) + "\n")
+        (tmp / CFG_FILENAME).write_text(to_json(cfg.to_saelens(), folder) + "\n")
 
     return write_folder_atomic(folder, write)
 
 
 def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.ndarray]]:
     """Read a SAELens SAE folder into (config, float32 NumPy weights), checking every shape."""
-    from safetensors.numpy import load_file
-
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no {CFG_FILENAME}")
     if not w_path.is_file():
         raise FileNotFoundError(f"{folder} is not an SAE folder: no {WEIGHTS_FILENAME}")
+    fix = f"the SAE folder {folder} is damaged: train or copy it again"
+    raw = read_json(cfg_path, fix)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path} is not an SAE config (a JSON object); {fix}")
     try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e.msg})") from None
-    cfg = SAEConfig.from_saelens(raw)
-    tensors = load_file(str(w_path))
+        cfg = SAEConfig.from_saelens(raw)
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{cfg_path} is not a valid SAE config ({e}); {fix}") from None
+    except ValueError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    tensors = load_safetensors(w_path, fix)
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = np.exp(tensors.pop("log_threshold"))
     weights = {}
@@ -93,6 +76,8 @@ def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.
             raise ValueError(
                 f"{w_path}: {name} has shape {a.shape}, expected {shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}"
             )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{w_path}: {name} holds NaN or infinite values; {fix}")
         weights[name] = a
     cfg.dtype = "float32"
     if raw.get("rescale_acts_by_decoder_norm") and cfg.architecture == "topk":

@@ -381,6 +381,11 @@ def init_params(
 # --- the SAE ------------------------------------------------------------------------------
 
 
+def _nan_rows(x: mx.array) -> mx.array:
+    """(rows, 1): 0 for a finite row, NaN for one holding NaN or infinity (0 * inf = NaN)."""
+    return 0 * mx.sum(x, axis=-1, keepdims=True)
+
+
 class SAE:
     """An SAE in MLX. ``encode(x)`` -> (..., d_sae), ``decode(f)`` -> (..., d_in),
     ``sae(x)`` -> (latents, reconstruction); ``SAE.load(folder)`` / ``sae.save(folder)``
@@ -415,18 +420,22 @@ class SAE:
         return x.reshape(-1, width).astype(mx.float32), x.shape[:-1]
 
     def encode(self, x) -> mx.array:
+        """Latents (..., d_sae). A row holding NaN or infinity gives a NaN row (ReLU and
+        top-k would otherwise turn it into finite-looking zeros)."""
         x2, lead = self._flat(x, self.cfg.d_in, "input")
         pre = pre_activations(self.params, x2, self.cfg.apply_b_dec_to_input)
-        return activate(self.params, pre, self.cfg).reshape(*lead, self.cfg.d_sae)
+        f = activate(self.params, pre, self.cfg) + _nan_rows(x2)
+        return f.reshape(*lead, self.cfg.d_sae)
 
     def encode_sparse(self, x) -> tuple[mx.array, mx.array]:
         """TopK only: (values, indices), each (batch, k)."""
         if self.cfg.architecture != "topk":
             raise ValueError("encode_sparse is for TopK SAEs")
         x2, _ = self._flat(x, self.cfg.d_in, "input")
-        return topk_sparse(
+        values, idx = topk_sparse(
             pre_activations(self.params, x2, self.cfg.apply_b_dec_to_input), self.cfg.k
         )
+        return values + _nan_rows(x2), idx
 
     def decode(self, f) -> mx.array:
         f2, lead = self._flat(f, self.cfg.d_sae, "latents")

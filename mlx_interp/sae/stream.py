@@ -50,11 +50,15 @@ def model_source(
     rank sees the whole stream in the order one process would (data-parallel training
     slices each global batch from it) while the forward passes are shared out.
     """
+    from .. import checks
     from ..activations import check_hooks, iter_activations
     from ..activations.store import _hook_shape
 
     check_hooks(model, hooks)
     world = world or distributed.world()
+    checks.integer("batch_size", batch_size)
+    checks.context_length(model, context_length)
+    checks.number("massive_factor", massive_factor, low=1, low_open=True)
     if stats is None:
         stats = {}
     stats.setdefault("n_excluded", zero_counts())
@@ -98,8 +102,11 @@ def extraction_source(
     """Rows from an ``mlx-interp extract`` folder, shard by shard (``epochs`` times over).
     If the extraction kept all rows, the row rule (``activations.rows.RowFilter``) is applied
     here, per shard, and the rows left out are counted in ``stats['n_excluded']``."""
+    from .. import checks
     from ..activations import read_metadata
 
+    checks.integer("epochs", epochs)
+    checks.number("massive_factor", massive_factor, low=1, low_open=True)
     meta = read_metadata(Path(folder))
     missing = [h for h in hooks if h not in meta["hooks"]]
     if missing:
@@ -125,7 +132,14 @@ def extraction_source(
             shard = meta["shards"][i % n_shards]
             acts = _read_shard(folder, shard["file"], hooks)
             chunk = {h: acts[h].reshape(acts[h].shape[0], -1) for h in hooks}
-            check_finite(chunk)
+            for h, rows in chunk.items():
+                bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+                if len(bad):
+                    raise ValueError(
+                        f"{Path(folder) / shard['file']}: row {bad[0]} of {h} holds NaN or "
+                        f"infinity ({len(bad)} rows); extract again from a model without "
+                        "non-finite values"
+                    )
             if rule is not None:
                 rows = _read_rows(folder, shard["rows_file"])
                 norms = np.stack([row_norms(a) for a in chunk.values()])
@@ -143,11 +157,21 @@ def extraction_source(
 def _read_shard(folder, name: str, hooks: list[str]) -> dict[str, np.ndarray]:
     import mlx.core as mx
 
-    a = mx.load(str(Path(folder) / name))
-    return {h: np.asarray(a[h].astype(mx.float32)) for h in hooks}
+    from ..io import check_safetensors
+
+    path = Path(folder) / name
+    fix = f"the extraction in {folder} is damaged: delete it and extract again"
+    check_safetensors(path, fix)
+    try:
+        a = mx.load(str(path))
+        return {h: np.asarray(a[h].astype(mx.float32)) for h in hooks}
+    except Exception as e:  # noqa: BLE001 - any reader failure means a damaged shard
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
 
 
 def _read_rows(folder, name: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from ..io import load_safetensors
 
-    return load_file(str(Path(folder) / name))
+    return load_safetensors(
+        Path(folder) / name, f"the extraction in {folder} is damaged: delete it and extract again"
+    )

@@ -15,6 +15,7 @@ trainer writes the same update independently).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -86,6 +87,54 @@ class TrainConfig:
     seed: int = option(0, "random seed")
     log_every: int = option(50, "steps between log lines")
     checkpoint_every: int = option(200, "steps between checkpoints")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line errors for values out of range (before anything runs or is written)."""
+        from .. import checks as c
+
+        c.choice("architecture", self.architecture, ("standard", "topk", "batchtopk", "jumprelu"))
+        if self.d_sae is not None and self.expansion is not None:
+            raise ValueError(f"give d_sae ({self.d_sae}) or expansion ({self.expansion}), not both")
+        self.d_sae = c.integer("d_sae", self.d_sae, none_ok=True)
+        self.expansion = c.integer("expansion", self.expansion, none_ok=True)
+        self.k = c.integer("k", self.k, none_ok=self.architecture not in ("topk", "batchtopk"))
+        self.tokens = c.integer("tokens", self.tokens)
+        self.batch_size = c.integer("batch_size", self.batch_size)
+        if self.tokens < self.batch_size:
+            raise ValueError(
+                f"tokens ({self.tokens}) must be at least one batch (batch_size {self.batch_size})"
+            )
+        c.number("lr", self.lr, low=0, low_open=True, high=1, none_ok=True)
+        self.lr_warmup_steps = c.integer("lr_warmup_steps", self.lr_warmup_steps, minimum=0, none_ok=True)  # fmt: skip
+        c.number("lr_warmup_frac", self.lr_warmup_frac, low=0, high=1)
+        self.lr_warmup_min_steps = c.integer("lr_warmup_min_steps", self.lr_warmup_min_steps, minimum=0)  # fmt: skip
+        c.number("lr_decay_frac", self.lr_decay_frac, low=0, high=1)
+        c.choice("lr_decay_shape", self.lr_decay_shape, ("linear", "cosine"))
+        c.choice("decoder_constraint", self.decoder_constraint, ("renorm", "project"))
+        c.number("grad_clip", self.grad_clip, low=0, low_open=True, none_ok=True)
+        c.number("dec_init_norm", self.dec_init_norm, low=0, low_open=True, none_ok=True)
+        if len(tuple(self.adam_betas)) != 2:
+            raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas!r}")
+        for b in self.adam_betas:
+            c.number("adam_betas", b, low=0, high=1, high_open=True)
+        c.number("adam_eps", self.adam_eps, low=0, low_open=True)
+        c.number("sparsity_coeff", self.sparsity_coeff, low=0, none_ok=True)
+        c.number("sparsity_warmup_frac", self.sparsity_warmup_frac, low=0, high=1)
+        c.number("aux_coeff", self.aux_coeff, low=0)
+        self.aux_k = c.integer("aux_k", self.aux_k, none_ok=True)
+        self.dead_tokens = c.integer("dead_tokens", self.dead_tokens, maximum=2**31 - 1)
+        c.number("jumprelu_bandwidth", self.jumprelu_bandwidth, low=0, low_open=True)
+        c.number("jumprelu_init_threshold", self.jumprelu_init_threshold, low=0, low_open=True)
+        c.number("batchtopk_threshold_rate", self.batchtopk_threshold_rate, low=0, low_open=True, high=1)  # fmt: skip
+        c.choice("b_dec_init", self.b_dec_init, ("geometric_median", "mean", "zeros"))
+        self.init_rows = c.integer("init_rows", self.init_rows)
+        self.buffer_rows = c.integer("buffer_rows", self.buffer_rows)
+        self.seed = c.integer("seed", self.seed, minimum=0)
+        self.log_every = c.integer("log_every", self.log_every)
+        self.checkpoint_every = c.integer("checkpoint_every", self.checkpoint_every)
 
     def resolve(self, d_in: int) -> TrainConfig:
         """Fill the derived fields for an input width; checks every value."""
@@ -288,7 +337,7 @@ class MLXBackend:
         return {
             "loss": acc["loss"] / n,
             "mse": acc["mse"] / n,
-            "explained_variance": 1 - acc["mse"] / acc["var"],
+            "explained_variance": 1 - acc["mse"] / acc["var"] if acc["var"] > 0 else 0.0,
             "l0": acc["l0"] / n,
         }
 
@@ -352,34 +401,75 @@ def _hook_file(hook: str) -> str:
     return hook.replace("/", "_")
 
 
+class TrainingDiverged(ValueError):
+    """NaN or infinity in the SAE's loss or weights (the last good checkpoint is kept)."""
+
+
+def _diverged(hook: str, what: str, step: int) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training of {hook} diverged at step {step}: {what} is NaN or infinite; lower --lr "
+        "(the last checkpoint before it is kept; rerun with --no-resume to start over)"
+    )
+
+
 def save_checkpoint(out: Path, meta: dict, backends: dict, buffer_state: dict) -> None:
     from safetensors.numpy import save_file
 
+    from ..io import to_json
+
+    states = {hook: be.state_numpy() for hook, be in backends.items()}
+    for hook, st in states.items():
+        for name, a in st.items():
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise _diverged(hook, name, meta["step"])
+
     def write(tmp: Path) -> None:
-        for hook, be in backends.items():
-            save_file(be.state_numpy(), str(tmp / f"{_hook_file(hook)}.safetensors"))
+        for hook, st in states.items():
+            save_file(st, str(tmp / f"{_hook_file(hook)}.safetensors"))
         carry = buffer_state.get("carry")
         if carry:
             np.savez(tmp / "carry.npz", **{_hook_file(h): a for h, a in carry.items()})
         state = {k: v for k, v in buffer_state.items() if k != "carry"}
-        (tmp / "trainer.json").write_text(json.dumps({**meta, "buffer": state}, indent=1))
+        (tmp / "trainer.json").write_text(
+            to_json({**meta, "buffer": state}, "trainer.json", indent=1)
+        )
 
     write_folder_atomic(out / CHECKPOINT_DIR, write)
 
 
 def load_checkpoint(out: Path, hooks: list[str]):
-    from safetensors.numpy import load_file
+    from ..io import load_safetensors, read_json
 
     folder = out / CHECKPOINT_DIR
     if not (folder / "trainer.json").is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ValueError(
+                f"the checkpoint {folder} has no trainer.json (damaged); rerun with --no-resume "
+                "or delete it"
+            )
         return None
-    meta = json.loads((folder / "trainer.json").read_text())
-    states = {h: load_file(str(folder / f"{_hook_file(h)}.safetensors")) for h in hooks}
-    buffer = dict(meta.pop("buffer"))
-    carry_path = folder / "carry.npz"
-    if carry_path.is_file():
-        with np.load(carry_path) as z:
-            buffer["carry"] = {h: z[_hook_file(h)] for h in hooks}
+    fix = f"rerun with --no-resume to start over, or delete {folder}"
+    meta = read_json(folder / "trainer.json", fix)
+    try:
+        states = {}
+        for h in hooks:
+            path = folder / f"{_hook_file(h)}.safetensors"
+            if not path.is_file():
+                raise ValueError(f"the checkpoint {folder} has no state for {h}; {fix}")
+            states[h] = load_safetensors(path, fix)
+        buffer = dict(meta.pop("buffer"))
+        carry_path = folder / "carry.npz"
+        if carry_path.is_file():
+            with np.load(carry_path) as z:
+                buffer["carry"] = {h: z[_hook_file(h)] for h in hooks}
+        for key in ("train_config", "hooks", "backend", "step", "log", "scales", "d_in"):
+            meta[key]  # noqa: B018 - a KeyError here means a damaged trainer.json
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the reader says
+        raise ValueError(
+            f"the checkpoint {folder} is damaged ({type(e).__name__}: {e}); {fix}"
+        ) from None
     return meta, states, buffer
 
 
@@ -478,14 +568,15 @@ def train_sae(
     the ranks inside the compiled step, so the result does not depend on N. Rank 0 writes
     the checkpoints, the SAE folders and training.json; every rank resumes from them.
     """
-    from .sae import init_params
+    from ..io import output_folder
 
     out = Path(out)
     tc = tc if tc is not None else TrainConfig()
-    make = _backend_class(backend)
-    if isinstance(hooks, str):
-        hooks = [hooks]
-    hooks = list(hooks)
+    _backend_class(backend)
+    if not isinstance(tc, TrainConfig):
+        raise ValueError(f"tc must be a TrainConfig, got {type(tc).__name__}")
+    tc.validate()
+    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     if len(set(hooks)) != len(hooks) or not hooks:
         raise ValueError(f"give each hook point once (got {hooks})")
     world = world or distributed.world()
@@ -498,6 +589,20 @@ def train_sae(
                 f"give a multiple of {world.size}"
             )
     source = as_source(source, hooks)
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps}")
+    # rank 0 writes (and locks) the folder; the other ranks only read its checkpoint
+    lock = output_folder(out) if world.is_main else contextlib.nullcontext()
+    with lock:
+        return _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progress,
+                          metadata, stop_after_steps, world, keep_checkpoint, warn)  # fmt: skip
+
+
+def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progress, metadata,
+               stop_after_steps, world, keep_checkpoint, warn) -> dict:  # fmt: skip
+    from .sae import init_params
+
+    make = _backend_class(backend)
     ckpt = load_checkpoint(out, hooks) if resume else None
     sample = None
     if ckpt is not None:
@@ -547,10 +652,24 @@ def train_sae(
         meta, states, buffer_state = ckpt
         if meta["train_config"] != json.loads(json.dumps(meta_cfg)) or meta["hooks"] != hooks:
             raise ValueError(
-                f"{out / CHECKPOINT_DIR} is from a run with other settings; use another --out or delete it"
+                f"{out / CHECKPOINT_DIR} is from a run with other settings; use another --out, "
+                "or rerun with --no-resume to start over"
             )
         if meta["backend"] != backend:
-            raise ValueError(f"{out / CHECKPOINT_DIR} was written by the {meta['backend']} backend")
+            raise ValueError(
+                f"{out / CHECKPOINT_DIR} was written by the {meta['backend']} backend; give "
+                f"--backend {meta['backend']}, or rerun with --no-resume to start over"
+            )
+        if meta.get("data") is not None and metadata is not None and meta["data"] != _data_identity(metadata):  # fmt: skip
+            raise ValueError(
+                f"{out / CHECKPOINT_DIR} is from a run on other data ({meta['data']}); give the "
+                "same data, use another --out, or rerun with --no-resume to start over"
+            )
+        if meta.get("model_name") and model_name and meta["model_name"] != model_name:
+            raise ValueError(
+                f"{out / CHECKPOINT_DIR} is from a run on model {meta['model_name']!r}, not "
+                f"{model_name!r}; use another --out, or rerun with --no-resume to start over"
+            )
         backends = {}
         for h in hooks:
             be = make_backend(cfgs[h], tcs[h], _placeholder_params(cfgs[h]), 1.0)
@@ -562,11 +681,10 @@ def train_sae(
         backends, scales = {}, {}
         for i, h in enumerate(hooks):
             rows = sample[h].astype(np.float64)
-            scale = (
-                math.sqrt(d_ins[h]) / float(np.linalg.norm(rows, axis=1).mean())
-                if tc.normalize_activations
-                else 1.0
-            )
+            mean_norm = float(np.linalg.norm(rows, axis=1).mean())
+            if mean_norm == 0:
+                raise ValueError(f"the activations of {h} are all zero: there is nothing to learn")
+            scale = math.sqrt(d_ins[h]) / mean_norm if tc.normalize_activations else 1.0
             params = init_params(
                 cfgs[h],
                 seed=tc.seed + i,
@@ -590,10 +708,18 @@ def train_sae(
         "d_in": d_ins,
         "scales": scales,
         "backend": backend,
+        "model_name": model_name,
+        "data": _data_identity(metadata) if metadata is not None else None,
     }
     for batch in buffer:
         if step >= total:
             break
+        for h in hooks:
+            if batch[h].shape[1] != d_ins[h]:
+                raise ValueError(
+                    f"{h} activations have width {batch[h].shape[1]}, but {out / CHECKPOINT_DIR} "
+                    f"was trained on width {d_ins[h]}; rerun with --no-resume or use another --out"
+                )
         for h in hooks:
             lr = _lr(tcs[h], step, total)
             coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
@@ -606,6 +732,9 @@ def train_sae(
             row["tokens_per_s"] = (step * tc.batch_size - tokens0) / max(elapsed, 1e-9)
             for h in hooks:
                 m = backends[h].pop_metrics()
+                for key in ("loss", "mse", "explained_variance", "l0"):
+                    if not math.isfinite(m[key]):
+                        raise _diverged(h, key, step)
                 n_dead = backends[h].n_dead()
                 m["dead_fraction"] = n_dead / tc.d_sae
                 m["lr"] = _lr(tcs[h], step - 1, total)
@@ -685,6 +814,12 @@ def _finished_run(out: Path, hooks: list[str], meta_cfg: dict, backend: str) -> 
 
 def _lr(tc: TrainConfig, step: int, total: int) -> float:
     return lr_at(step, total, tc.lr, tc.lr_warmup_steps, tc.lr_decay_frac, tc.lr_decay_shape)
+
+
+def _data_identity(metadata: dict) -> dict:
+    """What names the training data in ``metadata`` (compared when resuming)."""
+    keys = ("dataset_path", "dataset_fingerprint", "dataset_split", "context_size", "activations")
+    return json.loads(json.dumps({k: metadata[k] for k in keys if k in metadata}))
 
 
 def _save_sae(folder: Path, cfg: SAEConfig, weights: dict) -> None:

@@ -317,6 +317,12 @@ def convert_gguf(
     gguf_path, out_dir = Path(gguf_path).resolve(), Path(out_dir).absolute()
     if not gguf_path.is_file():
         raise ModelSourceError(f"GGUF file not found: {gguf_path}.")
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelSourceError(
+                f"{gguf_path} is not a GGUF file (no GGUF magic at its start); pass a .gguf "
+                "file from llama.cpp, or download it again"
+            )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out_dir)
     print(
