@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from ..options import option
 
+DEFAULT_MODEL = "smollm2-135m"  # the default --model of every command
+
 
 @dataclass
 class ReadOptions:

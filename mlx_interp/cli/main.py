@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m"
+from .common import DEFAULT_MODEL  # noqa: F401 - the default --model of every command
 
 
 def cmd_info(args) -> int:

@@ -187,7 +187,7 @@ def _extraction_model(folder, model: str | None) -> str:
 
     from ..activations import read_metadata
     from ..sae.config import model_identity
-    from .main import DEFAULT_MODEL
+    from .common import DEFAULT_MODEL
 
     made_with = str(read_metadata(Path(folder))["model"])
     if model and model != DEFAULT_MODEL and model_identity(model) != model_identity(made_with):
