@@ -17,6 +17,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["World", "DistributedError", "world"]
 
 BARRIER_TIMEOUT_S = float(os.environ.get("MLX_INTERP_BARRIER_TIMEOUT", "600"))
@@ -47,7 +49,6 @@ class World:
         if self.size == 1:
             return
         import mlx.core as mx
-        import numpy as np
 
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         mine = np.frombuffer(digest.digest()[:8], dtype=np.int32).copy()  # 2 x int32
@@ -76,6 +77,35 @@ class World:
 
         self._run(lambda: mx.distributed.all_sum(mx.array([1.0]), group=self.group), what)
 
+    def gather_arrays(self, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Every rank's ``arrays`` (any dtypes and shapes), on every rank, in rank order.
+
+        Sent as one ``.npz`` byte string per rank (two ``all_gather`` calls: the lengths,
+        then the bytes padded to the longest).
+        """
+        import io
+
+        if self.size == 1:
+            return [arrays]
+        import mlx.core as mx
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        raw = np.frombuffer(buf.getvalue(), np.uint8)
+        sizes = np.asarray(
+            self._run(lambda: mx.distributed.all_gather(mx.array([len(raw)], mx.int64)), "gather")
+        )
+        longest = int(sizes.max())
+        pad = np.zeros(longest, np.uint8)
+        pad[: len(raw)] = raw
+        every = np.asarray(self._run(lambda: mx.distributed.all_gather(mx.array(pad)), "gather"))
+        out = []
+        for r in range(self.size):
+            part = every[r * longest : r * longest + int(sizes[r])].tobytes()
+            with np.load(io.BytesIO(part)) as z:
+                out.append({k: z[k] for k in z.files})
+        return out
+
     def merge_streams(self, items, dims: dict[str, int], header_len: int):
         """Every rank's stream merged, on every rank, into one stream in index order.
 
@@ -90,7 +120,6 @@ class World:
             yield from items
             return
         import mlx.core as mx
-        import numpy as np
 
         names, width = list(dims), sum(dims.values())
         it = iter(items)

@@ -225,3 +225,72 @@ def test_two_ranks_train_from_the_model_like_one(checkpoint_dir, tmp_path):
     for k in w1:
         err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
         assert err < 1e-5, (k, err)
+
+
+def test_unit_stats_merge_equals_one_pass():
+    """Batches split between two accumulators (as two ranks split them), merged: the same
+    statistics as one accumulator over every batch."""
+    from mlx_interp.features.stats import StatsConfig, UnitStats
+
+    rng = np.random.default_rng(0)
+    cfg = StatsConfig(top_k=5, context_left=2, context_right=1)
+    one, a, b = (UnitStats(7, 20, cfg) for _ in range(3))
+    for i in range(8):
+        acts = rng.standard_normal((3, 10, 7)).astype(np.float32)
+        toks = rng.integers(0, 20, (3, 10))
+        keep = np.ones((3, 10), bool)
+        keep[:, 0] = False
+        docs = rng.integers(0, 4, (3, 10))
+        args = (acts, toks, keep, np.ones_like(keep), docs, 3 * i)
+        one.update(*args)
+        (a if i % 2 == 0 else b).update(*args)
+    a.merge([b.state()])
+    x, y = one.arrays(), a.arrays()
+    for k in x:
+        np.testing.assert_array_equal(y[k], x[k], err_msg=k)
+
+
+FEATURES = """
+import sys
+from mlx_interp.cli import main
+sys.exit(main({args!r}))
+"""
+
+
+def test_two_ranks_features_like_one(checkpoint_dir, tmp_path):
+    """mlx-interp features on 2 ranks: merged statistics equal a one-process pass."""
+    import random
+
+    from safetensors.numpy import load_file
+
+    from mlx_interp.cli import main
+    from mlx_interp.sae import SAE, SAEConfig
+    from mlx_interp.sae.sae import init_params
+
+    folder = checkpoint_dir("llama-gqa-untied")
+    hook = "blocks.1.hook_resid_post"
+    cfg = SAEConfig(d_in=64, d_sae=96, architecture="topk", k=6, hook_name=hook,
+                    model_name=str(folder))  # fmt: skip
+    p = init_params(cfg, seed=0)
+    p["b_enc"] = np.random.default_rng(1).normal(0, 0.05, 96).astype(np.float32)
+    SAE(cfg, p).save(tmp_path / "sae")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while sparse features read text".split()
+    docs = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(60)]
+    (tmp_path / "text.txt").write_text("\n\n".join(docs))
+    args = ["features", "--model", str(folder), "--sae", str(tmp_path / "sae"), "--data",
+            str(tmp_path / "text.txt"), "--split", "all", "--tokens", "1500",
+            "--max-features", "2", "--top-k", "6"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    r = launch(FEATURES.format(args=[*args, "--out", str(tmp_path / "two")]), tmp_path)
+    assert (tmp_path / "two" / "summary.json").exists(), r.stderr[-3000:]
+    for sub in ("sae", "neurons__blocks.1.hook_resid_post"):
+        d1, d2 = tmp_path / "one" / "store" / sub, tmp_path / "two" / "store" / sub
+        files = sorted(f.name for f in d1.glob("*.safetensors"))
+        assert files
+        for f in files:
+            x, y = load_file(str(d1 / f)), load_file(str(d2 / f))
+            for k in x:
+                np.testing.assert_allclose(
+                    y[k], x[k], rtol=1e-6, atol=1e-6, err_msg=f"{sub}/{f}/{k}"
+                )

@@ -19,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .. import distributed
 from ..features.stats import StatsConfig
 from ..options import add_options
 from .common import ReadOptions, add_sae_and_data, model_from_args, reading
@@ -114,6 +115,9 @@ def run_features(
     )
     info = r["info"]
     info["sae"] = str(sae_folder)
+    if not distributed.world().is_main:  # several ranks: rank 0 writes the merged results
+        distributed.world().barrier("features: waiting for rank 0 to write the results")
+        return info
     if data_name:
         info["data"] = data_name
     t_pass = time.perf_counter() - t0
@@ -163,6 +167,7 @@ def _write_features(model, sae, out, r, info, t0, t_pass, max_features, features
     log((out / "comparison.md").read_text())
     log(f"SAE: dead {sm['dead_fraction']:.3f}, dense {sm['dense_fraction']:.4f}")
     log(f"wrote {out}/index.html ({len(rendered)} feature pages), summary.json, comparison.md")
+    distributed.world().barrier("features: rank 0 wrote the results")
     return summary
 
 

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..activations.rows import MASSIVE_FACTOR
+from .. import distributed
+from ..activations.rows import COUNTERS, MASSIVE_FACTOR, add_counts
 from ..data import DataSource
+from ..distributed import World
 from ..sae import load_sae, numpy_runner
 from ..sae.config import trained_on
 from .stats import StatsConfig, UnitStats, batch_grid
@@ -104,6 +106,7 @@ def compute_feature_stats(
     model_name: str | None = None,
     progress: bool = False,
     allow_train_data: bool = False,
+    world: World | None = None,
 ) -> dict:
     """One pass over ``texts``: documents, or a ``mlx_interp.data.DataSource`` (None: the
     default corpus, held-out split). A DataSource that shares documents with the SAE's
@@ -111,9 +114,14 @@ def compute_feature_stats(
 
     Returns {"sae": UnitStats, "neurons": {hook: UnitStats}, "info": {...}}. neuron_hooks:
     baselines counted on the same rows (None: ``default_neuron_hooks``; [] for none).
+
+    Several ranks (``world``, default ``mlx_interp.distributed.world()``; run as
+    ``mlx.launch -n N -- mlx-interp features ...``): rank r runs batches r, r + N, ..., and
+    the statistics are merged on every rank (counts and histograms summed, top-k merged),
+    equal to a one-process pass.
     """
     from ..activations import iter_activations
-    from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
+    from ..activations.rows import RowFilter, row_norms, zero_counts
 
     sae = load_sae(sae, backend)
     if texts is None:
@@ -134,6 +142,7 @@ def compute_feature_stats(
     if tokens < 1:
         raise ValueError(f"tokens must be positive, got {tokens}")
     tok = model._require_tokenizer()
+    world = world or distributed.world()
     V = max(len(tok), model.cfg.d_vocab)
     cfg = stats_config or StatsConfig()
     enc = encoder(sae)
@@ -151,7 +160,8 @@ def compute_feature_stats(
         batch_size=batch_size,
         context_length=context_length,
         max_tokens=tokens,
-        progress=progress,
+        progress=progress and world.is_main,
+        shard=(world.rank, world.size),
     ):
         import mlx.core as mx
 
@@ -167,6 +177,10 @@ def compute_feature_stats(
                 neurons[h] = UnitStats(xa.shape[1], V, cfg)
             neurons[h].update(g.to_grid(xa), *g.update_args())
         n_batches += 1
+    if world.size > 1:
+        n_batches, left_out = _merge_ranks(
+            world, acc, neurons, neuron_hooks, n_batches, left_out, V, cfg
+        )
     if acc.n_tokens == 0:
         raise ValueError(
             "no tokens to analyse: the data is empty (or holds only special tokens)"
@@ -196,3 +210,28 @@ def compute_feature_stats(
         "seconds": time.perf_counter() - t0,
     }
     return {"sae": acc, "neurons": neurons, "info": info, "sae_obj": sae}
+
+
+def _merge_ranks(world, acc, neurons, neuron_hooks, n_batches, left_out, V, cfg):
+    """Every rank's statistics merged into ``acc`` / ``neurons`` on every rank."""
+    mine = {f"sae/{k}": v for k, v in acc.state().items()}
+    for h, st in neurons.items():
+        mine.update({f"{h}/{k}": v for k, v in st.state().items()})
+    mine["n_batches"] = np.array([n_batches])
+    mine["left_out"] = np.array([left_out[k] for k in COUNTERS])
+    others = [p for r, p in enumerate(world.gather_arrays(mine)) if r != world.rank]
+
+    def of(part, prefix):
+        return {k[len(prefix) + 1 :]: v for k, v in part.items() if k.startswith(prefix + "/")}
+
+    acc.merge([of(p, "sae") for p in others])
+    for h in neuron_hooks:
+        with_h = [of(p, h) for p in others if any(k.startswith(h + "/") for k in p)]
+        if h not in neurons and with_h:
+            neurons[h] = UnitStats(with_h[0]["fires"].shape[0], V, cfg)
+        if with_h:
+            neurons[h].merge(with_h)
+    n_batches += sum(int(p["n_batches"][0]) for p in others)
+    for p in others:
+        add_counts(left_out, dict(zip(COUNTERS, map(int, p["left_out"]), strict=True)))
+    return n_batches, left_out

@@ -59,6 +59,7 @@ class SparseTable:
         self.sums = np.zeros(0, np.float64)
         self.counts = np.zeros(0, np.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._extra_counts: list[np.ndarray] = []  # counts of merged parts (see UnitStats.merge)
         self._n_pending = 0
         self.max_pairs, self.compact_every = max_pairs, compact_every
         self.pruned = 0  # pairs dropped to stay under max_pairs
@@ -75,8 +76,12 @@ class SparseTable:
             return
         k = np.concatenate([self.keys] + [p[0] for p in self._pending])
         v = np.concatenate([self.sums] + [p[1] for p in self._pending])
-        c = np.concatenate([self.counts] + [np.ones(len(p[0]), np.int64) for p in self._pending])
-        self._pending, self._n_pending = [], 0
+        n_merged = len(self._extra_counts)
+        ones = [
+            np.ones(len(p[0]), np.int64) for p in self._pending[: len(self._pending) - n_merged]
+        ]
+        c = np.concatenate([self.counts, *ones, *self._extra_counts])
+        self._pending, self._extra_counts, self._n_pending = [], [], 0
         uk, inv = np.unique(k, return_inverse=True)
         self.keys = uk
         self.sums = np.bincount(inv, weights=v, minlength=len(uk))
@@ -191,6 +196,50 @@ class UnitStats:
         self.ctx_tokens[nu, ns] = np.where(inside, tok[g], -1)
         shown = np.where(keep[g], a[g, nu[:, None]], np.nan)
         self.ctx_acts[nu, ns] = np.where(inside, shown, np.nan)
+
+    # the fields that one pass accumulates: summed over parts, or the bounded top-k
+    SUMMED = ("n_tokens", "fires", "sum_act", "fires_left_out", "hist", "token_count",
+              "half_n", "half_sum", "half_sumsq")  # fmt: skip
+    TOP = ("top_vals", "top_token", "top_doc", "top_window", "top_pos", "ctx_tokens", "ctx_acts")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to merge this accumulator with others (``merge``), as arrays."""
+        for t in self.tables:
+            t.compact()
+        out = {k: np.asarray(getattr(self, k)) for k in (*self.SUMMED, *self.TOP)}
+        for h, t in enumerate(self.tables):
+            out[f"table{h}_keys"], out[f"table{h}_sums"] = t.keys, t.sums
+            out[f"table{h}_counts"] = t.counts
+        return out
+
+    def merge(self, parts: list[dict[str, np.ndarray]]) -> None:
+        """Add the ``state()`` of other passes over other batches (e.g. other ranks).
+
+        Counts, sums and histograms add up; the top-k keeps the k largest over all parts,
+        an earlier window first among equal values (as one pass over every batch keeps
+        the earlier one); the token tables add pair by pair.
+        """
+        for part in parts:
+            for k in self.SUMMED:
+                setattr(self, k, getattr(self, k) + part[k])
+            self.n_tokens = int(self.n_tokens)
+            for h, t in enumerate(self.tables):
+                t._pending.append((part[f"table{h}_keys"], part[f"table{h}_sums"]))
+                t._n_pending += len(part[f"table{h}_keys"])
+                t._extra_counts.append(part[f"table{h}_counts"])
+        for t in self.tables:
+            t.compact()
+        K = self.cfg.top_k
+        every = [{k: getattr(self, k) for k in self.TOP}]
+        every += [{k: part[k] for k in self.TOP} for part in parts]
+        vals = np.concatenate([e["top_vals"] for e in every], axis=1)
+        win = np.concatenate([e["top_window"] for e in every], axis=1)
+        win = np.where(np.isfinite(vals), win, np.iinfo(np.int64).max)
+        order = np.lexsort((win, -vals), axis=1)[:, :K]  # by value, then the earlier window
+        for k in self.TOP:
+            cat = np.concatenate([e[k] for e in every], axis=1)
+            idx = order if cat.ndim == 2 else order[:, :, None]
+            setattr(self, k, np.take_along_axis(cat, idx, axis=1))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything gathered, as named arrays (the token table merged over both halves)."""
