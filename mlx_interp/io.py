@@ -308,7 +308,7 @@ def _writable(path: Path) -> None:
 
 def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Fail early, creating nothing, if ``path`` cannot become a writable folder."""
-    if not os.fspath(path).strip():
+    if path is None or not os.fspath(path).strip():
         raise ValueError(f"{flag} is empty; give a folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -347,8 +347,8 @@ def output_folder(
     Several cooperating writers (ranks of one distributed run) pass their own ``lock_name``
     and ``clean=False``.
     """
-    if not os.fspath(path).strip():
-        raise ValueError("the output folder is empty; give a folder")
+    if path is None or not os.fspath(path).strip():
+        raise ValueError("no output folder given; give a folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(

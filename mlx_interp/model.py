@@ -422,6 +422,10 @@ def load_model(
     while loading, one layer at a time, so the float model never exists in memory at once;
     ``group_size`` (32, 64 or 128) as in mlx-lm. Llama-family models only.
     """
+    if source is None or not str(source).strip():
+        raise ValueError(
+            "no model given; pass an embedded alias, a folder, a .gguf file or a repo id"
+        )
     folder, config, arch, stored = read_checkpoint(source, dtype, DTYPES)
     if quantize is not None:
         quantized.check_params(quantize, group_size)

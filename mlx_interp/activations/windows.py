@@ -163,3 +163,5 @@ def iter_windows(
         )
     if rows:
         yield group()
+    if n_done == 0:
+        raise ValueError("the data holds no text: no documents, or only empty ones")

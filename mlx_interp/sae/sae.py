@@ -398,6 +398,9 @@ class SAE:
         expected = weight_names(cfg)
         if set(params) != set(expected):
             raise ValueError(f"SAE weights {sorted(params)} do not match {sorted(expected)}")
+        for k, v in params.items():
+            if not np.all(np.isfinite(np.asarray(v, np.float32))):
+                raise ValueError(f"SAE weight {k} holds NaN or infinite values")
         self.params = {k: mx.array(np.asarray(v, np.float32)) for k, v in params.items()}
         for k, shape in expected.items():
             if tuple(self.params[k].shape) != shape:
