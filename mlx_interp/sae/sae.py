@@ -70,42 +70,70 @@ def topk_sparse(pre: mx.array, k: int) -> tuple[mx.array, mx.array]:
 _ENCODE_TOPK_CACHE: dict[tuple[int, bool], object] = {}
 
 
-def encode_topk_train(params: dict, x: mx.array, k: int, apply_b_dec_to_input: bool = True):
+def encode_topk_train(
+    params: dict,
+    x: mx.array,
+    k: int,
+    apply_b_dec_to_input: bool = True,
+    dead_mask: mx.array | None = None,
+    k_aux: int = 0,
+) -> tuple[mx.array, ...]:
     """Training encoder of a TopK SAE, fused with its top-k: (values, indices), each (batch, k).
 
     values = relu(pre) at the k largest pre-activations of each row, as ``topk_sparse``,
     with a hand-written backward pass that does only the work the sparsity needs: the
-    gradient at the k chosen entries is laid into a (batch, d_sae) matrix once for the one
-    encoder weight product, the encoder bias gets a scatter of batch x k numbers, and
-    b_dec (subtracted from the input) gets (sum of the bias gradient) @ W_enc.T, a vector
-    product, where automatic differentiation would multiply the whole (batch, d_sae)
+    gradient at the chosen entries is laid into a (batch, d_sae) matrix once for the one
+    encoder weight product, the encoder bias gets a scatter of the chosen entries' gradients,
+    and b_dec (subtracted from the input) gets (sum of the bias gradient) @ W_enc.T, a
+    vector product, where automatic differentiation would multiply the whole (batch, d_sae)
     gradient by W_enc.T. ``x`` is data: no gradient flows to it (zeros).
+
+    With ``dead_mask`` (d_sae,) also the AuxK selection, from the same pre-activations and
+    into the same backward pass: (values, indices, aux_values, aux_indices), the aux pair
+    (batch, k_aux) holding relu(pre) of the k_aux largest pre-activations among dead
+    latents (0 where a row has fewer dead latents than k_aux).
     """
-    key = (k, apply_b_dec_to_input)
+    aux = dead_mask is not None
+    key = (k, apply_b_dec_to_input, k_aux if aux else 0)
     if key not in _ENCODE_TOPK_CACHE:
 
         @mx.custom_function
-        def encode(x, w_enc, b_enc, b_dec):
+        def encode(x, w_enc, b_enc, b_dec, dead):
             x_in = x - b_dec if apply_b_dec_to_input else x
             pre = mx.addmm(b_enc, x_in, w_enc)
             idx = topk_indices(pre, k)
-            return mx.take_along_axis(pre, idx, axis=-1), idx
+            out = [mx.take_along_axis(pre, idx, axis=-1), idx]
+            if aux:
+                aux_idx = topk_indices(mx.where(dead, pre, -mx.inf), k_aux)
+                out += [mx.take_along_axis(pre, aux_idx, axis=-1), aux_idx]
+            return tuple(out)
 
         @encode.vjp
         def encode_vjp(primals, cotangents, outputs):
-            x, w_enc, b_enc, b_dec = primals
+            x, w_enc, b_enc, b_dec, dead = primals
             d_top, idx = cotangents[0], outputs[1]
             x_in = x - b_dec if apply_b_dec_to_input else x
-            d_pre = mx.put_along_axis(
-                mx.zeros((x.shape[0], w_enc.shape[1]), d_top.dtype), idx, d_top, axis=-1
-            )
-            d_b_enc = mx.zeros_like(b_enc).at[idx.reshape(-1)].add(d_top.reshape(-1))
+            d_pre = mx.zeros((x.shape[0], w_enc.shape[1]), d_top.dtype)
+            d_b_enc = mx.zeros_like(b_enc)
+            if aux:  # laid first; the main entries add to what is there (a latent may be in both)
+                d_aux, aux_idx = cotangents[2], outputs[3]
+                d_pre = mx.put_along_axis(d_pre, aux_idx, d_aux, axis=-1)
+                d_b_enc = d_b_enc.at[aux_idx.reshape(-1)].add(d_aux.reshape(-1))
+                d_top = d_top + mx.take_along_axis(d_pre, idx, axis=-1)
+            d_pre = mx.put_along_axis(d_pre, idx, d_top, axis=-1)
+            d_b_enc = d_b_enc.at[idx.reshape(-1)].add(cotangents[0].reshape(-1))
             d_b_dec = -(d_b_enc @ w_enc.T) if apply_b_dec_to_input else mx.zeros_like(b_dec)
-            return mx.zeros_like(x), x_in.T @ d_pre, d_b_enc, d_b_dec
+            return mx.zeros_like(x), x_in.T @ d_pre, d_b_enc, d_b_dec, mx.zeros_like(dead)
 
         _ENCODE_TOPK_CACHE[key] = encode
-    top, idx = _ENCODE_TOPK_CACHE[key](x, params["W_enc"], params["b_enc"], params["b_dec"])
-    return mx.maximum(top, 0), mx.stop_gradient(idx)
+    dead = dead_mask if aux else mx.zeros((1,), mx.bool_)
+    out = _ENCODE_TOPK_CACHE[key](x, params["W_enc"], params["b_enc"], params["b_dec"], dead)
+    values, idx = mx.maximum(out[0], 0), mx.stop_gradient(out[1])
+    if not aux:
+        return values, idx
+    aux_idx = mx.stop_gradient(out[3])
+    aux_values = mx.where(dead_mask[aux_idx], mx.maximum(out[2], 0), 0)
+    return values, idx, aux_values, aux_idx
 
 
 def topk_dense(pre: mx.array, k: int) -> mx.array:
@@ -254,18 +282,15 @@ def loss_terms(
     """
     arch = cfg.architecture
     parts = {}
-    if arch == "topk" and sparse_decode and dead_mask is None:
+    k_aux = min(aux_k or cfg.d_in // 2, cfg.d_sae)
+    fused_aux = None
+    if arch == "topk" and sparse_decode:
         # the fused path: no dense pre-activation gradient, no d x_in product
-        values, idx = encode_topk_train(params, x, cfg.k, cfg.apply_b_dec_to_input)
+        values, idx, *fused_aux = encode_topk_train(
+            params, x, cfg.k, cfg.apply_b_dec_to_input, dead_mask, k_aux
+        )
         x_hat = decode_sparse(params, values, idx)
         f = pre = None
-        parts["indices"], parts["values"] = idx, values
-        l0 = (values > 0).sum(axis=-1).astype(mx.float32).mean()
-    elif arch == "topk" and sparse_decode:
-        pre = pre_activations(params, x, cfg.apply_b_dec_to_input)
-        values, idx = topk_sparse(pre, cfg.k)
-        x_hat = decode_sparse(params, values, idx)
-        f = None
         parts["indices"], parts["values"] = idx, values
         l0 = (values > 0).sum(axis=-1).astype(mx.float32).mean()
     else:
@@ -296,11 +321,16 @@ def loss_terms(
         loss = loss + sparsity_coeff * sparsity
         parts["sparsity"] = sparsity
     elif dead_mask is not None:
-        k_aux = min(aux_k or cfg.d_in // 2, cfg.d_sae)
-        aux_pre = mx.stop_gradient(mx.where(dead_mask, pre, -mx.inf))
-        aux_top = mx.take_along_axis(aux_pre, topk_indices(aux_pre, k_aux), axis=-1)
-        kth = mx.min(aux_top, axis=-1, keepdims=True)
-        aux_acts = mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
+        if fused_aux:  # the k_aux chosen dead latents, laid out densely for one product
+            aux_values, aux_idx = fused_aux
+            aux_acts = mx.put_along_axis(
+                mx.zeros((x.shape[0], cfg.d_sae), aux_values.dtype), aux_idx, aux_values, axis=-1
+            )
+        else:
+            aux_pre = mx.stop_gradient(mx.where(dead_mask, pre, -mx.inf))
+            aux_top = mx.take_along_axis(aux_pre, topk_indices(aux_pre, k_aux), axis=-1)
+            kth = mx.min(aux_top, axis=-1, keepdims=True)
+            aux_acts = mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
         e = mx.stop_gradient(x - x_hat)
         e_hat = aux_acts @ params["W_dec"]
         aux = ((e_hat - e) ** 2).sum(axis=-1).mean()
