@@ -132,6 +132,9 @@ def test_features_command_writes_everything(run, setup):
     assert s["rendered_features"][0] == 3 and len(s["rendered_features"]) == 4
     assert (run / "pages" / "feature_00003.html").exists() and (run / "cards" / "feature_00003.png").stat().st_size > 5000  # fmt: skip
     assert s["left_out"]["position_0"] > 0 and s["tokens_counted"] > 1500
+    src = s["data_source"]
+    assert src["split"] == "all" and src["fingerprint"].startswith("sha256:")
+    assert s["trained_on"] is None  # this SAE's cfg.json does not say what it was trained on
     store = load_feature_store(run)
     assert store.n_units == 96
     f = store.feature(3)
