@@ -30,8 +30,12 @@ def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):
                "--expansion", "2", "--k", "4", "--tokens", "4096", "--batch-size", "512",
                "--out", str(out), "--log-every", "4"])  # fmt: skip
     assert rc == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "blocks.1.hook_resid_post: L0" in text and "tokens/s" in text
+    # 4096 tokens for 128 latents: told on stderr in one line, not as a Python warning
+    assert captured.err.count("warning: 4096 training tokens for 128 latents") == 1
+    assert "UserWarning" not in captured.err
     sae = SAE.load(out / "blocks.2.mlp.hook_post")
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (160, 320, 4)
     rc = main(["eval-sae", "--model", model, "--sae", str(out / "blocks.1.hook_resid_post"),
