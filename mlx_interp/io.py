@@ -336,6 +336,17 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, outermost first (for
+    ``remove_empty_folders`` after a failed command)."""
+    return _missing_chain(Path(path)) if os.fspath(path).strip() else []
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """Remove the folders of ``created`` (from ``missing_folders``) that hold nothing."""
+    _remove_empty(created)
+
+
 @contextmanager
 def output_folder(
     path: str | os.PathLike, lock_name: str = LOCK_NAME, clean: bool = True

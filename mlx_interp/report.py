@@ -412,11 +412,10 @@ def build_report(
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"run folder {run} does not exist; run `mlx-interp demo` or pass --run")
-    stages = ("pipeline.json", "basics", "analysis", "sae", "sae_eval", "features", "bench")
-    if not any((run / name).exists() for name in stages):
+    if not any(not p.name.startswith((".", "report.")) for p in run.iterdir()):
         raise ValueError(
-            f"{run} holds no run artefacts (none of {', '.join(stages)}); run `mlx-interp demo "
-            f"--out {run}` first, or pass the run folder with --run"
+            f"{run} holds no run artefacts (pipeline.json, basics/, sae/, ...); run `mlx-interp "
+            f"demo --out {run}` first, or pass the run folder with --run"
         )
     out = Path(out) if out else run / "report.md"
     if out.is_dir():

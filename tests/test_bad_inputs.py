@@ -698,6 +698,35 @@ CASES = [
         "out",
     ),  # fmt: skip
     ("no-command", "", E, r"required: command", None),
+    ("out-empty", EXTRACT.replace("{out}", "''"), E, r"--out is empty", None),
+    (
+        "model-fake-gguf",
+        EXTRACT.replace("{gpt2}", "{afile}.gguf"),
+        E,
+        r"not found|not a GGUF file",
+        "out",
+    ),  # fmt: skip
+    (
+        "train-tokens-gt-rows",
+        TRAIN_ACTS.replace("--tokens 512", "--tokens 999999") + " --activations {acts}",
+        E,
+        r"hold at most 512 rows",
+        "out",
+    ),  # fmt: skip
+    (
+        "mlp-layer-range",
+        "mlp-analysis --model {gpt2} --out {out} --layers 99",
+        E,
+        r"layer 99 does not exist",
+        "out",
+    ),  # fmt: skip
+    (
+        "features-topk-huge",
+        FEAT + " --sae {sae} --top-k 100000000",
+        E,
+        r"top_k must be at most",
+        "out",
+    ),  # fmt: skip
 ]
 
 
@@ -770,6 +799,26 @@ def _api_cases():
             r"temperature must be",
         ),  # fmt: skip
         ("token-id-range", lambda m: m(np.array([[1, 600]])), r"outside the vocabulary"),
+        (
+            "iter-no-documents",
+            lambda m: list(
+                __import__("mlx_interp.activations", fromlist=["x"]).iter_activations(m, [HOOK], [])
+            ),
+            r"the data holds no text",
+        ),  # fmt: skip
+        (
+            "sae-nan-weights",
+            lambda m: __import__("mlx_interp.sae", fromlist=["x"]).SAE(
+                SAEConfig(d_in=2, d_sae=2, architecture="standard"),
+                {
+                    "W_enc": np.full((2, 2), np.nan, np.float32),
+                    "b_enc": np.zeros(2, np.float32),
+                    "W_dec": np.zeros((2, 2), np.float32),
+                    "b_dec": np.zeros(2, np.float32),
+                },
+            ),
+            r"W_enc holds NaN",
+        ),  # fmt: skip
         (
             "hook-returns-nan",
             lambda m: m.run_with_hooks(

@@ -208,12 +208,24 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors are one line on stderr: exit 2 for bad input (arguments,
     files, data), 1 for an unexpected failure (MLX_INTERP_DEBUG=1 shows its traceback)."""
-    import os
 
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    from ..io import missing_folders, remove_empty_folders
+
+    out = getattr(args, "out", None)
+    created = missing_folders(out) if out and args.command != "report" else []
+    code = _run(args)
+    if code != 0:  # a failed command leaves no empty output folder behind
+        remove_empty_folders(created)
+    return code
+
+
+def _run(args) -> int:
+    import os
+
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -149,8 +149,9 @@ def extraction_source(
             stats["rows"] += next(iter(chunk.values())).shape[0]
             yield i + 1, chunk
 
+    open_at.max_rows = int(sum(s["n_rows"] for s in meta["shards"])) * epochs  # at most
     if rule is None:  # the rows on disk are the training rows: the count is exact
-        open_at.n_rows = int(sum(s["n_rows"] for s in meta["shards"])) * epochs
+        open_at.n_rows = open_at.max_rows
     return open_at
 
 

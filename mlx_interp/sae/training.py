@@ -629,6 +629,12 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
     total = tc.total_steps
     meta_cfg = {h: asdict(tcs[h]) for h in hooks}
     n_rows = getattr(source, "n_rows", None)  # rows the source holds, where it knows
+    max_rows = getattr(source, "max_rows", None)  # or at most this many (rows left out later)
+    if n_rows is None and max_rows is not None and max_rows < tc.tokens:
+        raise ValueError(
+            f"{tc.tokens} training tokens asked for, but the activations hold at most {max_rows} "
+            "rows (over all epochs); ask for fewer tokens, give more --epochs or more activations"
+        )
     if n_rows is not None and n_rows // tc.batch_size < total:
         raise ValueError(
             f"{tc.tokens} training tokens asked for, but the activations hold {n_rows} rows "
