@@ -32,8 +32,11 @@ Source = Callable[[int], Iterator[tuple[int, Chunk]]]
 def check_finite(chunk: Chunk) -> None:
     for hook, rows in chunk.items():
         if not np.all(np.isfinite(rows)):
-            bad = int((~np.isfinite(rows)).any(axis=-1).sum())
-            raise ValueError(f"activations of {hook} contain NaN or inf ({bad} rows)")
+            bad = np.flatnonzero((~np.isfinite(rows)).any(axis=-1))
+            raise ValueError(
+                f"activations of {hook} contain NaN or inf ({len(bad)} rows, the first row "
+                f"{int(bad[0])} of this chunk); check the model or the arrays given"
+            )
 
 
 # --- sources -----------------------------------------------------------------------------------
