@@ -488,7 +488,7 @@ def diff_plot(r: dict, path) -> Path:
         x, np.maximum(col("lens_kl"), floor), "o-", color="tab:red", label="KL(P_base ‖ P_tuned)"
     )
     ax.set_title(f"logit lens ({r['lens_tokens']} tokens), nats")
-    step = max(1, len(x) // 16)
+    step = -(-len(x) // 12)
     for ax in axes:
         ax.set_yscale("log")
         ax.set_xticks(x[::step], labels[::step], fontsize=7)
@@ -497,7 +497,7 @@ def diff_plot(r: dict, path) -> Path:
         ax.set_xlabel("layer")
     fd = r["first_difference"]
     fig.suptitle(f"{r['tuned']} vs {r['base']}: {r['tokens_counted']} tokens; first difference: "
-                 f"{fd['hook'] if fd else 'none'}", fontsize=10)  # fmt: skip
+                 f"{fd['hook'] if fd else 'none'} (zero drawn at {floor:g})", fontsize=10)  # fmt: skip
     fig.tight_layout()
     keys = ["layer", "resid_rel_diff", "resid_cosine", "attn_out_rel_diff", "mlp_out_rel_diff", "neuron_change", "lens_kl"]  # fmt: skip
     write_csv(Path(path).with_suffix(".csv"), keys, [[row.get(k) for k in keys] for row in rows])
