@@ -223,10 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# commands whose functions do not lock their --out folder themselves (see io.output_folder)
+_LOCKED_HERE = ("mlp-analysis", "diff")
+
+
 def _run(args) -> int:
     import os
 
     try:
+        if args.command in _LOCKED_HERE and getattr(args, "out", None):
+            from ..io import output_folder
+
+            with output_folder(args.out):
+                return args.func(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
