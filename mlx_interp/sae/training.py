@@ -233,8 +233,20 @@ class MLXBackend:
         n_ranks = self.world_size
         project = cfg.architecture in UNIT_NORM_DECODER and tc.decoder_constraint == "project"
 
-        def mean_over_ranks(a):  # the global batch's mean of a per-slice mean
-            return a if n_ranks == 1 else mx.distributed.all_sum(a) / n_ranks
+        def mean_over_ranks(arrays: dict) -> dict:
+            """The global batch's means of per-slice means, in ONE all_sum (one flat buffer:
+            every collective is a round trip between the ranks)."""
+            if n_ranks == 1:
+                return arrays
+            names = list(arrays)
+            flat = mx.concatenate([arrays[k].reshape(-1).astype(mx.float32) for k in names])
+            flat = mx.distributed.all_sum(flat) / n_ranks
+            out, start = {}, 0
+            for k in names:
+                a = arrays[k]
+                out[k] = flat[start : start + a.size].reshape(a.shape).astype(a.dtype)
+                start += a.size
+            return out
 
         def step(state, x, lr, coeff, bc1, bc2):
             x = x * state["scale"]
@@ -255,7 +267,7 @@ class MLXBackend:
                 )
 
             (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
-            grads = {name: mean_over_ranks(g) for name, g in grads.items()}
+            grads = mean_over_ranks(grads)
             if project:  # remove each decoder row's gradient along the row (Gao et al. 2024)
                 w = state["params"]["W_dec"]
                 g = grads["W_dec"]
@@ -279,8 +291,12 @@ class MLXBackend:
                 fired = counts > 0
             else:
                 fired = (out["f"] > 0).any(axis=0)
-            if n_ranks > 1:  # fired on any rank's slice
-                fired = mx.distributed.all_sum(fired.astype(mx.int32)) > 0
+            # the step's statistics, reduced over the ranks in one go
+            stats = {"fired": fired.astype(mx.float32), "loss": loss, "mse": out["mse"],
+                     "l0": out["l0"], "mean": x.mean(axis=0), "sq": (x * x).sum(axis=-1).mean()}  # fmt: skip
+            if n_ranks > 1:
+                stats = mean_over_ranks(stats)
+                fired = stats["fired"] > 0  # fired on any rank's slice
             n = x.shape[0] * n_ranks
             since = mx.where(fired, 0, state["since_fired"] + n).astype(mx.int32)
             thr = state["threshold"]
@@ -296,14 +312,8 @@ class MLXBackend:
                 centred = x - x.mean(axis=0)
                 var = (centred * centred).sum(axis=-1).mean()
             else:  # about the global batch's mean: E|x|^2 - |E x|^2 over every slice
-                mean = mean_over_ranks(x.mean(axis=0))
-                var = mean_over_ranks((x * x).sum(axis=-1).mean()) - (mean * mean).sum()
-            metrics = {
-                "loss": mean_over_ranks(loss),
-                "mse": mean_over_ranks(out["mse"]),
-                "var": var,
-                "l0": mean_over_ranks(out["l0"]),
-            }
+                var = stats["sq"] - (stats["mean"] * stats["mean"]).sum()
+            metrics = {"loss": stats["loss"], "mse": stats["mse"], "var": var, "l0": stats["l0"]}
             new_state = {
                 "params": new_p,
                 "m": new_m,

@@ -1,0 +1,91 @@
+"""Data-parallel SAE training: 2 ranks x 1 thread against 1 process x 2 threads.
+
+    python -m benchmarks.bench_distributed [--d-sae 9216] [--steps 20] [--rounds 2]
+
+Both train the same TopK SAE (d_in 576, k 32, batch 4096) on the same synthetic rows from
+memory, in interleaved rounds (single, ranks, single, ranks, ...); each reports the
+training tokens/s of its last logged steps. On one machine the two ranks share its cores,
+so the ratio measures the cost of the exchange, not a speed-up. Bytes exchanged per step
+are computed from the all-reduced tensors. The load average is recorded with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPT = """
+import json, sys, numpy as np
+import mlx_interp
+from mlx_interp.sae.buffer import array_source
+from mlx_interp.sae.training import TrainConfig, train_sae
+rng = np.random.default_rng(0)
+x = rng.standard_normal((65536, {d_in}), dtype=np.float32)
+tc = TrainConfig(d_sae={d_sae}, k=32, tokens={steps} * 4096, batch_size=4096, lr=1e-3,
+                 lr_warmup_steps=2, log_every={log_every}, checkpoint_every=10**9,
+                 init_rows=4096, buffer_rows=65536)
+s = train_sae(array_source({{"h": x}}), ["h"], {d_in}, tc, sys.argv[1], progress=False)
+print(json.dumps({{"tokens_per_s": s["log"][-1]["tokens_per_s"]}}))
+"""
+
+
+def _run(cmd: list[str], env: dict) -> float:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {out.stderr[-800:]}")
+    return json.loads(lines[0])["tokens_per_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d-sae", type=int, default=9216)
+    ap.add_argument("--d-in", type=int, default=576)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", help="also write the results as JSON here")
+    a = ap.parse_args(argv)
+    script = SCRIPT.format(d_in=a.d_in, d_sae=a.d_sae, steps=a.steps, log_every=a.steps // 2)
+    launch = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "job.py"
+        path.write_text(script)
+        for r in range(a.rounds):
+            for kind, threads, cmd in (
+                ("1 process x 2 threads", "2", [sys.executable, str(path)]),
+                ("2 ranks x 1 thread", "1", [*launch, "-n", "2", "--backend", "ring", "--",
+                                              sys.executable, str(path)]),
+            ):  # fmt: skip
+                env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+                load0 = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                tps = _run([*cmd, str(Path(tmp) / f"out{r}{threads}")], env)
+                rows.append({"round": r, "setup": kind, "tokens_per_s": tps,
+                             "wall_s": time.perf_counter() - t0,
+                             "load_avg": [load0, os.getloadavg()[0]]})  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
+    single = [x["tokens_per_s"] for x in rows if x["setup"].startswith("1")]
+    ranks = [x["tokens_per_s"] for x in rows if x["setup"].startswith("2")]
+    grads = 4 * (2 * a.d_in * a.d_sae + a.d_in + a.d_sae)  # W_enc, W_dec, b_enc, b_dec
+    result = {
+        "d_in": a.d_in, "d_sae": a.d_sae, "batch": 4096, "rows": rows,
+        "ratio_ranks_over_single": min(ranks) / max(single), "ratio_best": max(ranks) / min(single),
+        "allreduce_bytes_per_step": grads + 4 * a.d_sae + 4 * 8,  # + firing counts, metrics
+        "rows_exchanged_bytes_per_step": 0,  # from memory: every rank holds the rows
+        "reliable": max(max(x["load_avg"]) for x in rows) < (os.cpu_count() or 2) * 0.5,
+    }  # fmt: skip
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
