@@ -319,7 +319,9 @@ def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise ValueError(f"output folder {path}: {p} is a file; choose another with {flag}")
+        raise ValueError(
+            f"output folder {path} is not writable ({p} is a file); choose another with {flag}"
+        )
     if not os.access(p, os.W_OK | os.X_OK):
         raise ValueError(f"output folder {path} is not writable ({p}); choose another with {flag}")
     return path
