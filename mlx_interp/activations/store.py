@@ -144,7 +144,7 @@ def _extract(model, hooks, out, texts, *, data_id, batch_size, context_length, m
     # trained on these rows keeps) and what the row rule needs to be applied to the rows later
     meta.setdefault("data_source", record)
     meta.setdefault("special_token_ids", list(special_token_ids(tok)))
-    dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks}
+    dims = {h: hook_width(model, h) for h in hooks}
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[settings["dtype"]]
     shard_rows = max(1, int(shard_mb * 2**20 / (itemsize * sum(dims.values()))))
 
@@ -265,6 +265,11 @@ def _hook_shape(model, hook: str) -> tuple[int, ...]:
         stop_at_layer=stop_layer_for([hook], model.cfg.n_layers),
     )
     return tuple(cache[hook].shape[2:])
+
+
+def hook_width(model, hook: str) -> int:
+    """The number of values per token at ``hook`` (its trailing dims flattened, as rows)."""
+    return int(np.prod(_hook_shape(model, hook)))
 
 
 def _save(path: Path, arrays: dict[str, mx.array]) -> None:

@@ -42,12 +42,6 @@ def check_data_for_sae(source: DataSource, sae_cfg, allow_train_data: bool = Fal
     source.check().check_not_trained_on(trained_on(sae_cfg), allow_train_data)
 
 
-def hook_width(model: HookedModel, hook: str) -> int:
-    from ..activations.store import _hook_shape
-
-    return int(np.prod(_hook_shape(model, hook)))
-
-
 def default_neuron_hooks(hook: str, model: HookedModel) -> list[str]:
     """The baselines: the SAE's own hook (its basis) and the MLP neurons of the same layer."""
     from ..model import layer_of
@@ -132,6 +126,8 @@ def compute_feature_stats(
         data_name, data_record = texts.describe(), texts.record()
         texts = texts.documents()
     hook = check_sae_for_model(sae.cfg, model, hook, model_name)
+    from ..activations.store import hook_width
+
     width = hook_width(model, hook)
     if width != sae.cfg.d_in:
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook} has width {width}")

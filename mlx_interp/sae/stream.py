@@ -52,7 +52,7 @@ def model_source(
     """
     from .. import checks
     from ..activations import check_hooks, iter_activations
-    from ..activations.store import _hook_shape
+    from ..activations.store import hook_width
 
     check_hooks(model, hooks)
     world = world or distributed.world()
@@ -63,7 +63,7 @@ def model_source(
         stats = {}
     stats.setdefault("n_excluded", zero_counts())
     stats.setdefault("rows", 0)
-    dims = {h: int(np.prod(_hook_shape(model, h))) for h in hooks} if world.size > 1 else {}
+    dims = {h: hook_width(model, h) for h in hooks} if world.size > 1 else {}
 
     def own_batches(cursor: int):
         for batch in iter_activations(
