@@ -10,6 +10,8 @@ reads and writes bytes and does no math) is shared, so both backends load the sa
     batchtopk: training keeps the k*batch largest relu(pre) of the batch; inference uses
                pre > threshold      jumprelu: relu(pre) * (pre > threshold)
     x_hat = f @ W_dec + b_dec
+    transcoders (cfg.d_out): the target is another hook's y; b_dec (d_out) is never
+    subtracted; a skip transcoder predicts f @ W_dec + b_dec + x @ W_skip.T
 """
 
 from __future__ import annotations
@@ -91,8 +93,11 @@ def forward_loss(
     aux_k: int | None = None,
     aux_coeff: float = 1 / 32,
     bandwidth: float = 0.05,
+    target: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Training loss (see mlx_interp.sae.sae.loss_terms for the definitions)."""
+    """Training loss (see mlx_interp.sae.sae.loss_terms for the definitions); ``target``:
+    what a transcoder predicts (None: x)."""
+    y = x if target is None else target
     pre = encoder_pre(p, x, cfg)
     arch = cfg.architecture
     if arch == "standard":
@@ -105,7 +110,9 @@ def forward_loss(
         theta = torch.exp(p["log_threshold"])
         f = JumpReLUFn.apply(pre, theta, bandwidth)
     x_hat = f @ p["W_dec"] + p["b_dec"]
-    mse = ((x_hat - x) ** 2).sum(dim=-1).mean()
+    if cfg.skip:
+        x_hat = x_hat + x @ p["W_skip"].T
+    mse = ((x_hat - y) ** 2).sum(dim=-1).mean()
     loss = mse
     parts = {"mse": mse, "l0": (f > 0).float().sum(dim=-1).mean()}
     if arch == "standard":
@@ -117,9 +124,9 @@ def forward_loss(
         loss = loss + sparsity_coeff * sparsity
         parts["sparsity"] = sparsity
     elif dead_mask is not None:
-        k_aux = min(aux_k or cfg.d_in // 2, cfg.d_sae)
+        k_aux = min(aux_k or cfg.out_width // 2, cfg.d_sae)
         n_dead = int(dead_mask.sum())
-        residual = (x - x_hat).detach()
+        residual = (y - x_hat).detach()
         if n_dead > 0:
             masked = torch.where(dead_mask, pre, torch.full_like(pre, -torch.inf))
             top = torch.topk(masked, min(k_aux, n_dead), dim=-1)
@@ -134,7 +141,8 @@ def forward_loss(
 
 class SAE:
     """The PyTorch SAE: ``encode``, ``decode``, ``sae(x)`` -> (latents, reconstruction),
-    ``SAE.load(folder)`` / ``save(folder)`` in SAELens's format."""
+    ``SAE.load(folder)`` / ``save(folder)`` in SAELens's format. For a transcoder ``sae(x)``
+    gives (latents, prediction), the skip term included; ``decode(f)`` leaves it out."""
 
     def __init__(self, cfg: SAEConfig, params: dict, device: str = "cpu", dtype=torch.float32):
         self.cfg = cfg
@@ -176,9 +184,13 @@ class SAE:
         f = self._check(f, self.cfg.d_sae)
         return f @ self.params["W_dec"] + self.params["b_dec"]
 
+    @torch.no_grad()
     def __call__(self, x):
         f = self.encode(x)
-        return f, self.decode(f)
+        out = self.decode(f)
+        if self.cfg.skip:
+            out = out + self._check(x, self.cfg.d_in) @ self.params["W_skip"].T
+        return f, out
 
     def numpy_params(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().float().numpy() for k, v in self.params.items()}

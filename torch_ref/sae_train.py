@@ -16,7 +16,7 @@ from .sae import forward_loss
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, cfg, tc, params: dict, scale: float):
+    def __init__(self, cfg, tc, params: dict, scale: float, scale_out: float | None = None):
         self.cfg, self.tc = cfg, tc
         p = {k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in params.items()}
         self.threshold = 0.0
@@ -29,13 +29,21 @@ class TorchBackend:
         self.v = {k: torch.zeros_like(v) for k, v in p.items()}
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.int32)
         self.scale = float(scale)
+        # a transcoder's target has its own normalisation factor
+        self.scale_out = float(scale if scale_out is None else scale_out)
         self.acc: list[dict] = []
 
-    def step(self, x: np.ndarray, lr: float, coeff: float, t: int, with_aux: bool) -> None:
+    def step(self, x: np.ndarray, lr: float, coeff: float, t: int, with_aux: bool,
+             y: np.ndarray | None = None) -> None:  # fmt: skip
         cfg, tc = self.cfg, self.tc
         x = torch.from_numpy(np.asarray(x, np.float32)) * torch.tensor(
             self.scale, dtype=torch.float32
         )
+        target = None
+        if y is not None:
+            target = torch.from_numpy(np.asarray(y, np.float32)) * torch.tensor(
+                self.scale_out, dtype=torch.float32
+            )
         params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
         dead = (self.since_fired > tc.dead_tokens) if with_aux else None
         loss, out = forward_loss(
@@ -47,6 +55,7 @@ class TorchBackend:
             aux_k=tc.aux_k,
             aux_coeff=tc.aux_coeff,
             bandwidth=tc.jumprelu_bandwidth,
+            target=target,
         )
         loss.backward()
         b1, b2 = tc.adam_betas
@@ -79,7 +88,8 @@ class TorchBackend:
                 low = float(f[f > 0].min())
                 r = tc.batchtopk_threshold_rate
                 self.threshold = low if self.threshold == 0 else (1 - r) * self.threshold + r * low
-            centred = x - x.mean(dim=0)
+            y_all = x if target is None else target
+            centred = y_all - y_all.mean(dim=0)
             self.acc.append(
                 {
                     "loss": float(loss),
@@ -110,6 +120,8 @@ class TorchBackend:
         out["since_fired"] = self.since_fired.numpy()
         out["threshold"] = np.array(self.threshold, np.float32)
         out["scale"] = np.array(self.scale, np.float32)
+        if self.cfg.is_transcoder:
+            out["scale_out"] = np.array(self.scale_out, np.float32)
         return out
 
     def load_state_numpy(self, d: dict[str, np.ndarray]) -> None:
@@ -122,6 +134,7 @@ class TorchBackend:
         self.since_fired = torch.tensor(np.asarray(d["since_fired"]))
         self.threshold = float(d["threshold"])
         self.scale = float(d["scale"])
+        self.scale_out = float(d.get("scale_out", d["scale"]))
 
     def raw_params(self) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.params.items()}

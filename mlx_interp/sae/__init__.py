@@ -1,4 +1,5 @@
-"""Sparse autoencoders in MLX: four architectures, a trainer, metrics, SAELens files.
+"""Sparse autoencoders (and transcoders) in MLX: four architectures, a trainer, metrics,
+SAELens files.
 
 ``config`` and ``files`` (the SAELens file format) import no MLX: ``torch_ref`` shares them.
 ``SAE`` loads MLX when first used.
@@ -38,7 +39,8 @@ def load_sae(sae, backend: str = "mlx"):
 
 def numpy_runner(sae, decode: bool = False):
     """The SAE as a NumPy function in its own backend: x (rows, d_in) float32 -> f (rows,
-    d_sae), or (f, x_hat (rows, d_in)) with ``decode``."""
+    d_sae), or (f, x_hat (rows, d_in)) with ``decode`` (a transcoder's prediction (rows,
+    d_out), skip term included)."""
     import numpy as np
 
     from ..backends import is_torch, to_numpy
@@ -55,10 +57,10 @@ def numpy_runner(sae, decode: bool = False):
             return mx.array(np.asarray(x, np.float32))
 
     def run(x: np.ndarray):
-        f = sae.encode(to_backend(x))
         if not decode:
-            return to_numpy(f)
-        return to_numpy(f), to_numpy(sae.decode(f))
+            return to_numpy(sae.encode(to_backend(x)))
+        f, x_hat = sae(to_backend(x))
+        return to_numpy(f), to_numpy(x_hat)
 
     return run
 

@@ -5,6 +5,12 @@ object with ``architecture``, ``d_in``, ``d_sae``, ``dtype``, ``device``,
 ``apply_b_dec_to_input``, ``normalize_activations``, ``reshape_activations``, ``k`` (TopK)
 and a nested ``metadata`` object holding ``hook_name``, ``model_name`` and the rest.
 Older (pre-6) flat files with ``hook_point`` / ``activation_fn_str`` are read too.
+
+A transcoder (``d_out`` set) reads one hook (``hook_name``) and predicts another
+(``hook_name_out``, in the metadata, as SAELens keeps it); a skip transcoder adds ``x @ W_skip.T``.
+SAELens 6.54 names them ``transcoder`` / ``skip_transcoder`` (ReLU) and ``jumprelu_transcoder`` /
+``jumprelu_skip_transcoder``; it has no TopK transcoder, so ours is written as
+``topk_transcoder`` / ``topk_skip_transcoder``, which this package reads and SAELens refuses.
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 # layout only when metadata.sae_lens_version is at least 6.0.0.
 SAELENS_FORMAT_VERSION = "6.0.0"
 
+# SAELens's transcoder architecture names: (our activation, skip) -> name. BatchTopK runs as
+# JumpReLU at inference (one global threshold), as for SAEs.
+TRANSCODER_NAMES = {
+    ("standard", False): "transcoder",
+    ("standard", True): "skip_transcoder",
+    ("jumprelu", False): "jumprelu_transcoder",
+    ("jumprelu", True): "jumprelu_skip_transcoder",
+    ("topk", False): "topk_transcoder",  # not in SAELens 6.54
+    ("topk", True): "topk_skip_transcoder",
+}
+
 
 @dataclass
 class SAEConfig:
@@ -26,6 +43,10 @@ class SAEConfig:
     batch-wide top-k, run with one global ``threshold``) and ``jumprelu`` (a threshold per
     latent, held in the weights). Saved files are always in the units of the hook's raw
     activations: input normalisation used in training is folded into the weights.
+
+    A transcoder has ``d_out`` (the width of ``hook_name_out``, the hook it predicts; b_dec
+    and W_dec are in that space, and b_dec is never subtracted from the input); ``skip`` adds
+    a linear skip term ``x @ W_skip.T`` (W_skip (d_out, d_in), as SAELens's SkipTranscoder).
     """
 
     d_in: int
@@ -38,6 +59,18 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     dtype: str = "float32"
     metadata: dict = field(default_factory=dict)
+    d_out: int | None = None  # transcoders: the width of hook_name_out
+    hook_name_out: str | None = None
+    skip: bool = False  # skip transcoder: + x @ W_skip.T
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None
+
+    @property
+    def out_width(self) -> int:
+        """The width of what the SAE reconstructs (d_in) or the transcoder predicts (d_out)."""
+        return self.d_in if self.d_out is None else self.d_out
 
     def __post_init__(self) -> None:
         self.validate()
@@ -61,7 +94,13 @@ class SAEConfig:
             self.threshold = number("threshold", self.threshold, low=0)
         if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"dtype {self.dtype!r} is not supported (float32, float16, bfloat16)")
-        for key in ("hook_name", "model_name"):
+        if self.d_out is not None:
+            self.d_out = integer("d_out", self.d_out)
+            # b_dec lives in the output space: it cannot be taken from the input
+            self.apply_b_dec_to_input = False
+        elif self.skip or self.hook_name_out is not None:
+            raise ValueError("skip and hook_name_out are for transcoders: give d_out too")
+        for key in ("hook_name", "model_name", "hook_name_out"):
             v = getattr(self, key)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"{key} must be a string, got {v!r}")
@@ -78,6 +117,8 @@ class SAEConfig:
         thresholds all equal the global threshold; k is kept in the metadata.
         """
         arch = "jumprelu" if self.architecture == "batchtopk" else self.architecture
+        if self.is_transcoder:
+            arch = TRANSCODER_NAMES[(arch, self.skip)]
         cfg = {
             "architecture": arch,
             "d_in": self.d_in,
@@ -91,6 +132,10 @@ class SAEConfig:
         if arch == "topk":
             cfg["k"] = self.k
             cfg["rescale_acts_by_decoder_norm"] = False
+        if self.is_transcoder:
+            cfg["d_out"] = self.d_out
+            if self.architecture == "topk":
+                cfg["k"] = self.k
         meta = {
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "sae_lens_training_version": SAELENS_FORMAT_VERSION,
@@ -98,6 +143,7 @@ class SAEConfig:
             "hook_name": self.hook_name,
             "hook_head_index": None,
             "prepend_bos": True,
+            **({"hook_name_out": self.hook_name_out} if self.is_transcoder else {}),
             **self.metadata,
             "trained_with": "mlx-interp",
             "trained_architecture": self.architecture,
@@ -116,6 +162,12 @@ class SAEConfig:
         hook = flat.get("hook_name", flat.get("hook_point"))
         arch = cfg.get("architecture")
         k = cfg.get("k")
+        transcoder = {name: key for key, name in TRANSCODER_NAMES.items()}.get(arch)
+        d_out = skip = None
+        if transcoder is not None:
+            if "d_out" not in cfg:
+                raise ValueError(f"cfg.json of a {arch} has no 'd_out'")
+            (arch, skip), d_out = transcoder, cfg["d_out"]
         if arch is None:  # pre-6: the activation function decides
             act = flat.get("activation_fn_str", flat.get("activation_fn", "relu"))
             kwargs = flat.get("activation_fn_kwargs") or {}
@@ -147,6 +199,7 @@ class SAEConfig:
             "trained_architecture",
             "k",
             "threshold",
+            "hook_name_out",
         }
         extra = {k2: v for k2, v in meta.items() if k2 not in known}
         threshold = None
@@ -165,6 +218,9 @@ class SAEConfig:
             apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
             dtype=str(cfg.get("dtype", "float32")).replace("torch.", ""),
             metadata=extra,
+            d_out=d_out,
+            hook_name_out=flat.get("hook_name_out") if d_out is not None else None,
+            skip=bool(skip),
         )
 
 
@@ -183,12 +239,15 @@ def trained_on(cfg) -> dict | None:
 
 def weight_names(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """The tensors of a SAELens file for this config, with their shapes."""
+    d_out = cfg.out_width
     shapes = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "b_enc": (cfg.d_sae,),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
+        "W_dec": (cfg.d_sae, d_out),
+        "b_dec": (d_out,),
     }
+    if cfg.skip:
+        shapes["W_skip"] = (d_out, cfg.d_in)
     if cfg.architecture in ("jumprelu", "batchtopk"):
         shapes["threshold"] = (cfg.d_sae,)
     return shapes

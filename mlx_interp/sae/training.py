@@ -6,6 +6,8 @@ the backend for one optimisation step per hook, logs L0 / explained variance / d
 fraction every ``log_every`` steps, and writes a checkpoint every ``checkpoint_every``
 steps (atomically: a killed run resumes from the last complete one). Several hook
 points are trained from one stream of batches (one model forward pass feeds them all).
+A transcoder is asked for as a pair (input hook, output hook): it reads the first hook's
+rows and predicts the second's, from the same batch of the same stream.
 
 The MLX backend's step is a pure function of (state, batch, schedule scalars) compiled
 with ``mx.compile``; the batch shape never changes, and the host reads numbers back only
@@ -42,7 +44,13 @@ MIN_TOKENS_PER_LATENT = 100
 class TrainConfig:
     """Hyper-parameters of one training run (shared by every hook point of the run)."""
 
-    architecture: str = option("topk", "SAE architecture", flag="--arch", choices=ARCHITECTURES)
+    architecture: str | None = option(
+        None,
+        "SAE architecture (default topk; batchtopk for transcoders, which SAELens 6.54 loads "
+        "as a jumprelu_transcoder: it has no TopK transcoder)",
+        flag="--arch",
+        choices=ARCHITECTURES,
+    )
     d_sae: int | None = option(None, "number of latents", group="size")
     # d_sae = expansion * d_in when d_sae is not given
     expansion: int | None = option(None, "d_sae = expansion x d_in (default 16)", group="size")
@@ -78,7 +86,10 @@ class TrainConfig:
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.01
     batchtopk_threshold_rate: float = 0.01
-    # scale inputs to mean norm sqrt(d_in)
+    skip_transcoder: bool = option(
+        False, "transcoders: add a linear skip term x @ W_skip.T (SAELens's SkipTranscoder)"
+    )
+    # scale inputs (and a transcoder's targets, each by its own factor) to mean norm sqrt(d)
     normalize_activations: bool = option(True, "train on raw activations", flag="--no-normalize")
     b_dec_init: str = "geometric_median"
     init_rows: int = 16384
@@ -95,12 +106,15 @@ class TrainConfig:
         """One-line errors for values out of range (before anything runs or is written)."""
         from .. import checks as c
 
-        c.choice("architecture", self.architecture, ("standard", "topk", "batchtopk", "jumprelu"))
+        if self.architecture is not None:
+            c.choice("architecture", self.architecture, ARCHITECTURES)
         if self.d_sae is not None and self.expansion is not None:
             raise ValueError(f"give d_sae ({self.d_sae}) or expansion ({self.expansion}), not both")
         self.d_sae = c.integer("d_sae", self.d_sae, none_ok=True)
         self.expansion = c.integer("expansion", self.expansion, none_ok=True)
-        self.k = c.integer("k", self.k, none_ok=self.architecture not in ("topk", "batchtopk"))
+        self.k = c.integer(
+            "k", self.k, none_ok=self.architecture not in ("topk", "batchtopk", None)
+        )
         self.tokens = c.integer("tokens", self.tokens)
         self.batch_size = c.integer("batch_size", self.batch_size)
         if self.tokens < self.batch_size:
@@ -136,15 +150,18 @@ class TrainConfig:
         self.log_every = c.integer("log_every", self.log_every)
         self.checkpoint_every = c.integer("checkpoint_every", self.checkpoint_every)
 
-    def resolve(self, d_in: int) -> TrainConfig:
-        """Fill the derived fields for an input width; checks every value."""
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}")
+    def resolve(self, d_in: int, transcoder: bool = False) -> TrainConfig:
+        """Fill the derived fields for an input width (of an SAE, or of a transcoder when
+        ``transcoder``: the default architecture is then BatchTopK); checks every value."""
+        arch = self.architecture or ("batchtopk" if transcoder else "topk")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}")
         if self.d_sae is not None and self.expansion is not None:
             raise ValueError(f"give d_sae ({self.d_sae}) or expansion ({self.expansion}), not both")
         d_sae = self.d_sae or (self.expansion or 16) * d_in
         out = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
-        out.d_sae, out.expansion = int(d_sae), None
+        out.d_sae, out.expansion, out.architecture = int(d_sae), None, arch
+        out.skip_transcoder = bool(self.skip_transcoder and transcoder)
         if out.aux_k is not None and not 1 <= out.aux_k <= out.d_sae:
             raise ValueError(f"aux_k={out.aux_k} must be between 1 and d_sae={out.d_sae}")
         if out.lr_decay_shape not in ("linear", "cosine"):
@@ -160,8 +177,8 @@ class TrainConfig:
         if out.lr is None:
             out.lr = default_lr(out.d_sae)
         if out.sparsity_coeff is None:
-            out.sparsity_coeff = {"standard": 5.0, "jumprelu": 1.0}.get(self.architecture, 0.0)
-        if self.architecture in ("topk", "batchtopk"):
+            out.sparsity_coeff = {"standard": 5.0, "jumprelu": 1.0}.get(arch, 0.0)
+        if arch in ("topk", "batchtopk"):
             if self.k is None or not 1 <= self.k <= out.d_sae:
                 raise ValueError(f"k={self.k} must be between 1 and d_sae={out.d_sae}")
         else:
@@ -179,7 +196,11 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.tokens // self.batch_size
 
-    def sae_config(self, d_in: int, hook: str | None, model_name: str | None) -> SAEConfig:
+    def sae_config(
+        self, d_in: int, hook: str | None, model_name: str | None,
+        d_out: int | None = None, hook_out: str | None = None,
+    ) -> SAEConfig:  # fmt: skip
+        """The SAE's config (a transcoder's with ``d_out``, predicting ``hook_out``)."""
         return SAEConfig(
             d_in=d_in,
             d_sae=self.d_sae,
@@ -187,6 +208,9 @@ class TrainConfig:
             hook_name=hook,
             model_name=model_name,
             k=self.k,
+            d_out=d_out,
+            hook_name_out=hook_out,
+            skip=self.skip_transcoder and d_out is not None,
         )
 
 
@@ -199,8 +223,10 @@ class MLXBackend:
     name = "mlx"
 
     def __init__(
-        self, cfg: SAEConfig, tc: TrainConfig, params: dict, scale: float, world_size: int = 1
-    ):
+        self, cfg: SAEConfig, tc: TrainConfig, params: dict, scale: float, world_size: int = 1,
+        scale_out: float | None = None,
+    ):  # fmt: skip
+        """``scale``: the input's normalisation factor; ``scale_out``: a transcoder's target's."""
         import mlx.core as mx
 
         self.mx, self.cfg, self.tc = mx, cfg, tc
@@ -221,6 +247,8 @@ class MLXBackend:
             "threshold": mx.array(thr, dtype=mx.float32),
             "scale": mx.array(scale, dtype=mx.float32),
         }
+        if cfg.is_transcoder:
+            self.state["scale_out"] = mx.array(1.0 if scale_out is None else scale_out, mx.float32)
         self._steps = {}
         self._acc = None
 
@@ -248,8 +276,10 @@ class MLXBackend:
                 start += a.size
             return out
 
-        def step(state, x, lr, coeff, bc1, bc2):
-            x = x * state["scale"]
+        def step(state, xs, lr, coeff, bc1, bc2):
+            # xs: (x,) for an SAE, (x, y) for a transcoder (y: the target, scaled by its own factor)
+            x = xs[0] * state["scale"]
+            y = xs[1] * state["scale_out"] if cfg.is_transcoder else None
             dead = (state["since_fired"] > tc.dead_tokens) if with_aux else None
 
             def lossfn(p):
@@ -264,6 +294,7 @@ class MLXBackend:
                     bandwidth=tc.jumprelu_bandwidth,
                     sparse_decode=tc.sparse_decode,
                     world_size=n_ranks,
+                    target=y,
                 )
 
             (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
@@ -291,9 +322,11 @@ class MLXBackend:
                 fired = counts > 0
             else:
                 fired = (out["f"] > 0).any(axis=0)
-            # the step's statistics, reduced over the ranks in one go
+            # the step's statistics, reduced over the ranks in one go; the variance explained
+            # is the target's (x itself for an SAE)
+            t = x if y is None else y
             stats = {"fired": fired.astype(mx.float32), "loss": loss, "mse": out["mse"],
-                     "l0": out["l0"], "mean": x.mean(axis=0), "sq": (x * x).sum(axis=-1).mean()}  # fmt: skip
+                     "l0": out["l0"], "mean": t.mean(axis=0), "sq": (t * t).sum(axis=-1).mean()}  # fmt: skip
             if n_ranks > 1:
                 stats = mean_over_ranks(stats)
                 fired = stats["fired"] > 0  # fired on any rank's slice
@@ -309,30 +342,36 @@ class MLXBackend:
                 upd = mx.where(thr == 0, low, (1 - r) * thr + r * low)
                 thr = mx.where(mx.isinf(low), thr, upd)
             if n_ranks == 1:
-                centred = x - x.mean(axis=0)
+                centred = t - t.mean(axis=0)
                 var = (centred * centred).sum(axis=-1).mean()
             else:  # about the global batch's mean: E|x|^2 - |E x|^2 over every slice
                 var = stats["sq"] - (stats["mean"] * stats["mean"]).sum()
             metrics = {"loss": stats["loss"], "mse": stats["mse"], "var": var, "l0": stats["l0"]}
             new_state = {
+                **state,
                 "params": new_p,
                 "m": new_m,
                 "v": new_v,
                 "since_fired": since,
                 "threshold": thr,
-                "scale": state["scale"],
             }
             return new_state, metrics
 
         return mx.compile(step)
 
-    def step(self, x: np.ndarray, lr: float, coeff: float, t: int, with_aux: bool) -> None:
+    def step(
+        self, x: np.ndarray, lr: float, coeff: float, t: int, with_aux: bool,
+        y: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """One optimisation step on rows x (batch, d_in); ``y`` (batch, d_out): a
+        transcoder's targets."""
         mx = self.mx
         if with_aux not in self._steps:
             self._steps[with_aux] = self._make_step(with_aux)
         b1, b2 = self.tc.adam_betas
         scalars = [mx.array(v, dtype=mx.float32) for v in (lr, coeff, 1 - b1**t, 1 - b2**t)]
-        self.state, metrics = self._steps[with_aux](self.state, mx.array(x), *scalars)
+        xs = (mx.array(x),) if y is None else (mx.array(x), mx.array(y))
+        self.state, metrics = self._steps[with_aux](self.state, xs, *scalars)
         if self._acc is None:
             self._acc = {k: v for k, v in metrics.items()}
             self._acc["n"] = mx.array(1.0)
@@ -359,8 +398,9 @@ class MLXBackend:
         out = {f"params.{k}": np.array(v) for k, v in s["params"].items()}
         out.update({f"m.{k}": np.array(v) for k, v in s["m"].items()})
         out.update({f"v.{k}": np.array(v) for k, v in s["v"].items()})
-        for k in ("since_fired", "threshold", "scale"):
-            out[k] = np.array(s[k])
+        for k in ("since_fired", "threshold", "scale", "scale_out"):
+            if k in s:
+                out[k] = np.array(s[k])
         return out
 
     def load_state_numpy(self, d: dict[str, np.ndarray]) -> None:
@@ -383,17 +423,22 @@ class MLXBackend:
 
 
 def export_params(
-    cfg: SAEConfig, raw: dict[str, np.ndarray], scale: float, threshold: float
-) -> dict[str, np.ndarray]:
-    """Inference weights in the hook's raw units: the input scale folded in
-    (W_enc * s, W_dec / s, b_dec / s), thresholds as SAELens stores them."""
+    cfg: SAEConfig, raw: dict[str, np.ndarray], scale: float, threshold: float,
+    scale_out: float | None = None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Inference weights in the hook's raw units: the input scale s folded in
+    (W_enc * s, W_dec / s, b_dec / s), thresholds as SAELens stores them. A transcoder's
+    output is in its target's units (scale_out t): W_dec / t, b_dec / t, W_skip * s / t."""
     p = {k: np.asarray(v, np.float64) for k, v in raw.items()}
+    s_out = scale if scale_out is None else scale_out
     out = {
         "W_enc": p["W_enc"] * scale,
         "b_enc": p["b_enc"],
-        "W_dec": p["W_dec"] / scale,
-        "b_dec": p["b_dec"] / scale,
+        "W_dec": p["W_dec"] / s_out,
+        "b_dec": p["b_dec"] / s_out,
     }
+    if "W_skip" in p:
+        out["W_skip"] = p["W_skip"] * scale / s_out
     if cfg.architecture == "jumprelu":
         out["threshold"] = np.exp(p["log_threshold"])
     elif cfg.architecture == "batchtopk":
@@ -447,7 +492,9 @@ def save_checkpoint(out: Path, meta: dict, backends: dict, buffer_state: dict) -
     write_folder_atomic(out / CHECKPOINT_DIR, write)
 
 
-def load_checkpoint(out: Path, hooks: list[str]):
+def load_checkpoint(out: Path, hooks: list[str], source_hooks: list[str] | None = None):
+    """(meta, the state of each of ``hooks`` (SAE names), the buffer's state) or None;
+    ``source_hooks``: the hooks the source yields (the buffer's carry; default ``hooks``)."""
     from ..io import load_safetensors, read_json
 
     folder = out / CHECKPOINT_DIR
@@ -471,7 +518,7 @@ def load_checkpoint(out: Path, hooks: list[str]):
         carry_path = folder / "carry.npz"
         if carry_path.is_file():
             with np.load(carry_path) as z:
-                buffer["carry"] = {h: z[_hook_file(h)] for h in hooks}
+                buffer["carry"] = {h: z[_hook_file(h)] for h in source_hooks or hooks}
         for key in ("train_config", "hooks", "backend", "step", "log", "scales", "d_in"):
             meta[key]  # noqa: B018 - a KeyError here means a damaged trainer.json
     except ValueError:
@@ -563,6 +610,10 @@ def train_sae(
     ``source``: a NumPy or MLX array (n_rows, d_in) for one hook, a dict {hook: array}, or a
     source function (``mlx_interp.sae.stream.model_source`` / ``extraction_source``).
     ``hooks``: a hook name or a list of them. ``d_in`` (optional) is checked against the data.
+    A pair (input hook, output hook) in the list trains a transcoder predicting the second
+    hook's rows from the first's (a skip transcoder with ``tc.skip_transcoder``), written to
+    ``out/<input>_to_<output>/``; ``source`` must then yield both hooks (a dict of two arrays,
+    row for row, or a model source asked for both: one forward pass feeds both).
 
     Returns a summary dict (per hook: final metrics, the log) that is also written to
     ``out/training.json``. ``stop_after_steps`` ends early (leaving a checkpoint), as a
@@ -586,9 +637,8 @@ def train_sae(
     if not isinstance(tc, TrainConfig):
         raise ValueError(f"tc must be a TrainConfig, got {type(tc).__name__}")
     tc.validate()
-    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
-    if len(set(hooks)) != len(hooks) or not hooks:
-        raise ValueError(f"give each hook point once (got {hooks})")
+    units = sae_units(hooks)
+    hooks = list(units)
     world = world or distributed.world()
     if world.size > 1:
         if backend != "mlx":
@@ -598,34 +648,73 @@ def train_sae(
                 f"batch_size {tc.batch_size} is not divisible by the {world.size} ranks; "
                 f"give a multiple of {world.size}"
             )
-    source = as_source(source, hooks)
+    source = as_source(source, source_hooks(units))
     if stop_after_steps is not None and stop_after_steps < 1:
         raise ValueError(f"stop_after_steps must be a positive integer, got {stop_after_steps}")
     # rank 0 writes (and locks) the folder; the other ranks only read its checkpoint
     lock = output_folder(out) if world.is_main else contextlib.nullcontext()
     with lock:
-        return _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progress,
+        return _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progress,
                           metadata, stop_after_steps, world, keep_checkpoint, warn)  # fmt: skip
 
 
-def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progress, metadata,
+def sae_units(hooks) -> dict[str, tuple[str, str | None]]:
+    """The SAEs a ``hooks`` argument asks for: name -> (input hook, output hook or None).
+
+    A hook name is an SAE named after it; a pair (input, output) a transcoder named
+    ``<input>_to_<output>`` (its folder under the run's output)."""
+    items = [hooks] if isinstance(hooks, str) else list(hooks)
+    units: dict[str, tuple[str, str | None]] = {}
+    for item in items:
+        if isinstance(item, str):
+            name, unit = item, (item, None)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(h, str) for h in item):  # fmt: skip
+            if item[0] == item[1]:
+                raise ValueError(f"a transcoder reads one hook and predicts another, got {item}")
+            name, unit = f"{item[0]}_to_{item[1]}", (item[0], item[1])
+        else:
+            raise ValueError(
+                f"a hook is a hook name, or a pair (input hook, output hook) for a transcoder; got {item!r}"
+            )
+        if name in units:
+            raise ValueError(f"give each hook point once (got {items})")
+        units[name] = unit
+    if not units:
+        raise ValueError("give at least one hook point")
+    return units
+
+
+def source_hooks(units: dict[str, tuple[str, str | None]]) -> list[str]:
+    """The hooks the activation source must yield for ``units`` (each once, in order)."""
+    out = []
+    for hin, hout in units.values():
+        out += [h for h in (hin, hout) if h is not None and h not in out]
+    return out
+
+
+def _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progress, metadata,
                stop_after_steps, world, keep_checkpoint, warn) -> dict:  # fmt: skip
     from .sae import init_params
 
     make = _backend_class(backend)
-    ckpt = load_checkpoint(out, hooks) if resume else None
+    hooks, reads = list(units), source_hooks(units)
+    ckpt = load_checkpoint(out, hooks, reads) if resume else None
     sample = None
     if ckpt is not None:
         d_ins = ckpt[0]["d_in"]
+        d_outs = ckpt[0].get("d_out", {})
     else:
-        sample = _init_sample(source, hooks, tc.init_rows)
-        d_ins = {h: int(sample[h].shape[1]) for h in hooks}
+        sample = _init_sample(source, reads, tc.init_rows)
+        d_ins = {h: int(sample[units[h][0]].shape[1]) for h in hooks}
+        d_outs = {h: int(sample[units[h][1]].shape[1]) for h in hooks if units[h][1]}
+    widths = {units[h][0]: d_ins[h] for h in hooks}
+    widths.update({units[h][1]: d_outs[h] for h in d_outs})
     if isinstance(d_in, int):
         d_in = {h: d_in for h in hooks}
     for h in hooks:
         if d_in is not None and d_in.get(h, d_ins[h]) != d_ins[h]:
             raise ValueError(f"{h} activations have width {d_ins[h]}, expected {d_in[h]}")
-    tcs = {h: tc.resolve(d_ins[h]) for h in hooks}
+    tcs = {h: tc.resolve(d_ins[h], transcoder=h in d_outs) for h in hooks}
     tc = tcs[hooks[0]]
     world.check_same(
         "train-sae",
@@ -635,7 +724,7 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
     part = slice(
         world.rank * tc.batch_size // world.size, (world.rank + 1) * tc.batch_size // world.size
     )
-    make_backend = make if world.size == 1 else (lambda *a: make(*a, world_size=world.size))
+    make_backend = make if world.size == 1 else (lambda *a, **kw: make(*a, world_size=world.size, **kw))  # fmt: skip
     total = tc.total_steps
     meta_cfg = {h: asdict(tcs[h]) for h in hooks}
     n_rows = getattr(source, "n_rows", None)  # rows the source holds, where it knows
@@ -663,7 +752,8 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
             warnings.warn(warning, UserWarning, stacklevel=2)
         else:
             warn(warning)
-    cfgs = {h: tcs[h].sae_config(d_ins[h], h, model_name) for h in hooks}
+    cfgs = {h: tcs[h].sae_config(d_ins[h], units[h][0], model_name, d_outs.get(h), units[h][1])
+            for h in hooks}  # fmt: skip
     if ckpt is not None:
         meta, states, buffer_state = ckpt
         if meta["train_config"] != json.loads(json.dumps(meta_cfg)) or meta["hooks"] != hooks:
@@ -692,30 +782,38 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
             be.load_state_numpy(states[h])
             backends[h] = be
         step, log = meta["step"], meta["log"]
-        scales = meta["scales"]
+        scales, scales_out = meta["scales"], meta.get("scales_out", {})
     else:
-        backends, scales = {}, {}
-        for i, h in enumerate(hooks):
-            rows = sample[h].astype(np.float64)
+        backends, scales, scales_out = {}, {}, {}
+
+        def norm_scale(hook: str) -> tuple[np.ndarray, float]:
+            rows = sample[hook].astype(np.float64)
             mean_norm = float(np.linalg.norm(rows, axis=1).mean())
             if mean_norm == 0:
-                raise ValueError(f"the activations of {h} are all zero: there is nothing to learn")
-            scale = math.sqrt(d_ins[h]) / mean_norm if tc.normalize_activations else 1.0
+                raise ValueError(f"the activations of {hook} are all zero: there is nothing to learn")  # fmt: skip
+            return rows, (math.sqrt(rows.shape[1]) / mean_norm if tc.normalize_activations else 1.0)  # fmt: skip
+
+        for i, h in enumerate(hooks):
+            hin, hout = units[h]
+            rows, scale = norm_scale(hin)
+            if hout is not None:  # b_dec starts at the target's median, in its own units
+                rows, scales_out[h] = norm_scale(hout)
             params = init_params(
                 cfgs[h],
                 seed=tc.seed + i,
-                data_sample=rows[:4096] * scale,
+                data_sample=rows[:4096] * scales_out.get(h, scale),
                 b_dec_init=tc.b_dec_init,
                 threshold_init=tc.jumprelu_init_threshold,
                 dec_norm=tc.dec_init_norm,
             )
-            backends[h] = make_backend(cfgs[h], tcs[h], params, scale)
+            extra = {"scale_out": scales_out[h]} if h in scales_out else {}
+            backends[h] = make_backend(cfgs[h], tcs[h], params, scale, **extra)
             scales[h] = scale
         step, log, buffer_state = 0, [], None
     buffer = ShuffleBuffer(source, tc.batch_size, tc.buffer_rows, tc.seed, buffer_state)
     with_aux = {h: False for h in hooks}
-    if step > 0 and tc.architecture in ("topk", "batchtopk"):
-        with_aux = {h: backends[h].n_dead() > 0 for h in hooks}
+    if step > 0:
+        with_aux = {h: _has_aux(tcs[h]) and backends[h].n_dead() > 0 for h in hooks}
     bar = _progress(total, step, progress and world.is_main)
     t0, tokens0, last_ckpt = time.perf_counter(), step * tc.batch_size, step
     meta = {
@@ -723,6 +821,7 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
         "hooks": hooks,
         "d_in": d_ins,
         "scales": scales,
+        **({"d_out": d_outs, "scales_out": scales_out, "units": units} if d_outs else {}),
         "backend": backend,
         "model_name": model_name,
         "data": _data_identity(metadata) if metadata is not None else None,
@@ -730,16 +829,18 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
     for batch in buffer:
         if step >= total:
             break
-        for h in hooks:
-            if batch[h].shape[1] != d_ins[h]:
+        for hook, width in widths.items():
+            if batch[hook].shape[1] != width:
                 raise ValueError(
-                    f"{h} activations have width {batch[h].shape[1]}, but {out / CHECKPOINT_DIR} "
-                    f"was trained on width {d_ins[h]}; rerun with --no-resume or use another --out"
+                    f"{hook} activations have width {batch[hook].shape[1]}, but {out / CHECKPOINT_DIR} "
+                    f"was trained on width {width}; rerun with --no-resume or use another --out"
                 )
         for h in hooks:
             lr = _lr(tcs[h], step, total)
-            coeff = coeff_at(step, tc.sparsity_coeff, int(tc.sparsity_warmup_frac * total))
-            backends[h].step(batch[h][part], lr, coeff, step + 1, with_aux[h])
+            coeff = coeff_at(step, tcs[h].sparsity_coeff, int(tc.sparsity_warmup_frac * total))
+            hin, hout = units[h]
+            target = batch[hout][part] if hout is not None else None
+            backends[h].step(batch[hin][part], lr, coeff, step + 1, with_aux[h], target)
         step += 1
         bar.update(1)
         if step % tc.log_every == 0 or step == total:
@@ -754,7 +855,7 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
                 n_dead = backends[h].n_dead()
                 m["dead_fraction"] = n_dead / tc.d_sae
                 m["lr"] = _lr(tcs[h], step - 1, total)
-                with_aux[h] = tc.architecture in ("topk", "batchtopk") and n_dead > 0
+                with_aux[h] = _has_aux(tcs[h]) and n_dead > 0
                 row[h] = m
             log.append(row)
             first = row[hooks[0]]
@@ -791,7 +892,9 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
         be = backends[h]
         cfg = cfgs[h]
         cfg.metadata = dict(metadata or {})
-        weights = export_params(cfg, be.raw_params(), scales[h], be.global_threshold())
+        weights = export_params(
+            cfg, be.raw_params(), scales[h], be.global_threshold(), scales_out.get(h)
+        )
         if step >= total and world.is_main:
             _save_sae(out / h, cfg, weights)
         summary["hooks"][h] = {
@@ -799,6 +902,10 @@ def _train_sae(source, hooks, d_in, tc, out, backend, model_name, resume, progre
             "final": log[-1][h] if log else None,
             "input_scale": scales[h],
         }
+        if units[h][1] is not None:
+            summary["hooks"][h].update(
+                hook_in=units[h][0], hook_out=units[h][1], output_scale=scales_out[h]
+            )
     summary["log"] = log
     if step >= total and world.is_main:
         from ..io import write_json
@@ -826,6 +933,11 @@ def _finished_run(out: Path, hooks: list[str], meta_cfg: dict, backend: str) -> 
             "delete it, or train with resume off"
         )
     return summary
+
+
+def _has_aux(tc: TrainConfig) -> bool:
+    """Whether the architecture has the AuxK dead-latent loss."""
+    return tc.architecture in ("topk", "batchtopk")
 
 
 def _lr(tc: TrainConfig, step: int, total: int) -> float:
