@@ -76,3 +76,42 @@ def test_transcoder_forward_loss_gradients(arch, skip):
             assert err < SAE_TOL, f"gradient of {name} (sparse={sparse}): {err:.2e}"
         if skip:
             assert np.abs(tq["W_skip"].grad.numpy()).sum() > 0
+
+
+CURVE_TOL, WEIGHT_TOL = 1e-4, 1e-3
+
+
+@pytest.mark.parametrize("arch,skip", [("topk", True), ("batchtopk", False), ("jumprelu", True)])
+def test_transcoder_training_curves_match(arch, skip, tmp_path):
+    """The same transcoder run in both backends (from the same initialisation, on the same
+    batches): the logged curves and the trained weights agree; TopK with latents dying so
+    that AuxK is in the curves."""
+    from mlx_interp.sae.training import TrainConfig, train_sae
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((256 * 40, D_IN)) + 0.5).astype(np.float32)
+    w1, w2 = rng.standard_normal((D_IN, 64)) / 4, rng.standard_normal((64, D_OUT)) / 8
+    y = (np.maximum(x @ w1 - 0.5, 0) @ w2 + 0.5 * x[:, :D_OUT] + 1).astype(np.float32)
+    tc = TrainConfig(architecture=arch, d_sae=128 if arch == "topk" else D_SAE, k=6,
+                     tokens=256 * 30, batch_size=256, lr=2e-3, log_every=10,
+                     checkpoint_every=1000, dead_tokens=768, skip_transcoder=skip,
+                     sparsity_coeff=0.5 if arch == "jumprelu" else None)  # fmt: skip
+    runs = {}
+    for be in ("mlx", "torch"):
+        runs[be] = train_sae({"x": x, "y": y}, [("x", "y")], tc=tc, out=tmp_path / be,
+                             backend=be, progress=False)  # fmt: skip
+    for key in ("loss", "mse", "explained_variance", "l0", "dead_fraction"):
+        a = np.array([r["x_to_y"][key] for r in runs["mlx"]["log"]])
+        b = np.array([r["x_to_y"][key] for r in runs["torch"]["log"]])
+        if key == "dead_fraction":
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert relative_error(a, b) < CURVE_TOL, f"{key}: {relative_error(a, b):.2e}"
+    m, t = SAE.load(tmp_path / "mlx" / "x_to_y"), tsae.SAE.load(tmp_path / "torch" / "x_to_y")
+    assert set(m.params) == set(t.params) and ("W_skip" in m.params) == skip
+    for name in m.params:
+        assert relative_error(m.params[name], t.params[name].numpy()) < WEIGHT_TOL, name
+    if arch == "topk":
+        assert max(r["x_to_y"]["dead_fraction"] for r in runs["mlx"]["log"]) > 0
+    log = runs["mlx"]["log"]
+    assert log[-1]["x_to_y"]["mse"] < 0.85 * log[0]["x_to_y"]["mse"]

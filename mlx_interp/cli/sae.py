@@ -27,6 +27,12 @@ def add_commands(sub, add_model) -> None:
     sp.add_argument(
         "--hook", action="append", required=True, help="hook point (repeat for several)"
     )
+    sp.add_argument(
+        "--hook-out",
+        action="append",
+        help="train transcoders: the hook each --hook's transcoder predicts, e.g. --hook "
+        "blocks.L.ln2.hook_normalized --hook-out blocks.L.hook_mlp_out (one per --hook)",
+    )
     src = sp.add_mutually_exclusive_group()
     src.add_argument(
         "--data", help="text file, folder of .txt or .jsonl (default: the offline corpus)"
@@ -49,6 +55,9 @@ def add_commands(sub, add_model) -> None:
     add_model(sp)
     add_sae_and_data(sp)
     sp.add_argument("--hook", help="hook point (default: the one in the SAE's cfg.json)")
+    sp.add_argument(
+        "--hook-out", help="a transcoder's output hook (default: the one in its cfg.json)"
+    )
     sp.add_argument("--tokens", type=int, default=32768, help="evaluation tokens")
     sp.add_argument(
         "--out", help="folder for metrics.json and the density histogram (default: --sae)"
@@ -80,29 +89,33 @@ def train_saes(
     activations over ``data`` (None: the default corpus, train split) or, with
     ``activations``, on an ``extract`` folder (``model`` is then not used and may be None);
     writes ``out/<hook>/`` and ``out/training.json``, logs one line per hook and returns the
-    training summary. ``batch_size`` is context windows per forward pass."""
+    training summary. ``batch_size`` is context windows per forward pass. A pair (input
+    hook, output hook) in ``hooks`` trains a transcoder (``out/<input>_to_<output>/``); the
+    model runs once per batch for every hook read."""
     from ..data import DataSource
     from ..io import check_writable
     from ..sae.stream import extraction_source, model_source
-    from ..sae.training import train_sae
+    from ..sae.training import sae_units, source_hooks, train_sae
 
     check_writable(out)  # creates nothing: train_sae creates and locks the folder
+    units = sae_units(hooks)
+    reads = source_hooks(units)
     stats: dict = {}
     if activations:
         from ..activations import read_metadata
 
         record = read_metadata(activations).get("data_source") or {}
-        source = extraction_source(activations, hooks, epochs=epochs, stats=stats)
+        source = extraction_source(activations, reads, epochs=epochs, stats=stats)
         meta = {"dataset_path": record.get("data", str(activations)), "activations": str(activations)}  # fmt: skip
         model_name = _extraction_model(activations, model_name)
     else:
         data_source = DataSource(data, split).check()
         record = data_source.record()
-        for h in hooks:
+        for h in reads:
             model.check_hook_name(h)
         source = model_source(
             model,
-            hooks,
+            reads,
             data_source.documents,
             batch_size=batch_size,
             context_length=context_length,
@@ -162,10 +175,18 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     check_writable(args.out)  # fail before loading anything; creates nothing
     tc = options_from_args(TrainConfig, args)
+    hooks = args.hook
+    if args.hook_out:
+        if len(args.hook_out) != len(args.hook):
+            raise ValueError(
+                f"give one --hook-out per --hook (got {len(args.hook)} --hook, "
+                f"{len(args.hook_out)} --hook-out): each --hook's transcoder predicts its --hook-out"
+            )
+        hooks = list(zip(args.hook, args.hook_out, strict=True))
     model = None if args.activations else model_from_args(args)
     train_saes(
         model,
-        args.hook,
+        hooks,
         tc,
         args.out,
         data=args.data,
@@ -206,6 +227,7 @@ def cmd_eval_sae(args: argparse.Namespace) -> int:
     check_writable(Path(args.out or args.sae))
     model = model_from_args(args)
     eval_sae(model, args.sae, args.out, data=args.data, split=args.split, hook=args.hook,
+             hook_out=args.hook_out,
              allow_train_data=args.allow_train_data, tokens=args.tokens,
              model_name=str(args.model), force=args.force, **reading(args))  # fmt: skip
     return 0

@@ -4,6 +4,11 @@ See ``mlx_interp.sae.metrics`` for the definitions. The model runs in MLX; the S
 runs in the chosen backend (``mlx`` or ``torch``) on the clean activations, and the
 reconstruction is spliced in with a forward hook (everything upstream of the hook is
 unchanged, so the clean activation is the one the SAE would see).
+
+A transcoder reads its input hook and its prediction replaces its output hook (for
+``blocks.L.hook_mlp_out``: the MLP replaced by the transcoder); the reconstruction metrics
+are those of the prediction against the output hook's clean activation (explained variance,
+FVU = 1 - explained variance), and the zero ablation zeroes the output hook.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def evaluate_sae(
     allow_train_data: bool = False,
     model_name: str | None = None,
     force: bool = False,
+    hook_out: str | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics of the SAE in ``sae_folder`` at its hook; returns (report, feature density).
 
@@ -49,6 +55,7 @@ def evaluate_sae(
     on (same fingerprint, overlapping split; ``trained_on``) raises a one-line ValueError
     unless ``allow_train_data``. An SAE trained on another model (``model_name``, default
     ``model.source``) or hook is refused unless ``force``; one of another width always is.
+    ``hook_out``: a transcoder's output hook (default: its cfg.json's ``hook_name_out``).
     """
     import mlx.core as mx
 
@@ -68,6 +75,8 @@ def evaluate_sae(
     trained = trained_on(sae.cfg)
     source.check_not_trained_on(trained, allow_train_data)
     hook = check_sae_for_model(sae.cfg, model, hook, model_name, force)
+    target_hook = _output_hook(sae.cfg, model, hook_out, force) if sae.cfg.is_transcoder else hook
+    names = list(dict.fromkeys([hook, target_hook]))
     texts = source.documents()
     tok = model._require_tokenizer()
     acc = MetricAccumulator(sae.cfg.d_sae)
@@ -81,34 +90,38 @@ def evaluate_sae(
         if n_tok >= tokens:
             break
         toks = mx.array(win.tokens)
-        logits, cache = model.run_with_cache(toks, names_filter=[hook])
-        acts = np.asarray(cache[hook].astype(mx.float32))
-        b, t = acts.shape[:2]
-        flat = acts.reshape(b * t, -1)
+        logits, cache = model.run_with_cache(toks, names_filter=names)
+        acts = {n: np.asarray(cache[n].astype(mx.float32)) for n in names}
+        b, t = acts[hook].shape[:2]
+        flat = {n: a.reshape(b * t, -1) for n, a in acts.items()}
         if not checked:
-            if flat.shape[1] != sae.cfg.d_in:
-                raise ValueError(
-                    f"the SAE has d_in={sae.cfg.d_in} but {hook} has width {flat.shape[1]}"
-                )
+            widths = {hook: sae.cfg.d_in, target_hook: sae.cfg.out_width}
+            for n, width in widths.items():
+                if flat[n].shape[1] != width:
+                    what = "d_in" if n == hook else "d_out"
+                    raise ValueError(f"the SAE has {what}={width} but {n} has width {flat[n].shape[1]}")  # fmt: skip
             checked = True
-        if not np.all(np.isfinite(flat)):
-            raise ValueError(f"activations at {hook} contain NaN or inf")
+        for n in names:
+            if not np.all(np.isfinite(flat[n])):
+                raise ValueError(f"activations at {n} contain NaN or inf")
         real = win.kinds.reshape(-1) != PAD
-        keep, massive, counts = rows(
-            win.tokens.reshape(-1), np.tile(np.arange(t), b), row_norms(flat), real
-        )
+        # the row rule over every hook read (a row massive at either is left out)
+        norms = np.stack([row_norms(flat[n]) for n in names])
+        keep, massive, counts = rows(win.tokens.reshape(-1), np.tile(np.arange(t), b), norms, real)
         add_counts(excluded, counts)
-        f, x_hat = run(flat)
-        acc.add(flat[keep], x_hat[keep], f[keep])
-        acc_massive.add(flat[massive], x_hat[massive], f[massive])
+        f, x_hat = run(flat[hook])
+        y = flat[target_hook]  # what the SAE reconstructs or the transcoder predicts
+        acc.add(y[keep], x_hat[keep], f[keep])
+        acc_massive.add(y[massive], x_hat[massive], f[massive])
         n_tok += int(keep.sum())
-        spliced = np.where(keep[:, None], x_hat, flat).reshape(acts.shape)
-        zeroed = np.where(keep[:, None], 0.0, flat).reshape(acts.shape).astype(np.float32)
+        shape = acts[target_hook].shape
+        spliced = np.where(keep[:, None], x_hat, y).reshape(shape)
+        zeroed = np.where(keep[:, None], 0.0, y).reshape(shape).astype(np.float32)
         logits_sae = model.run_with_hooks(
-            toks, fwd_hooks=[(hook, lambda x, hook, r=spliced: mx.array(r))]
+            toks, fwd_hooks=[(target_hook, lambda x, hook, r=spliced: mx.array(r))]
         )
         logits_zero = model.run_with_hooks(
-            toks, fwd_hooks=[(hook, lambda x, hook, r=zeroed: mx.array(r))]
+            toks, fwd_hooks=[(target_hook, lambda x, hook, r=zeroed: mx.array(r))]
         )
         # next-token prediction at every position whose target is a real token
         target = win.tokens[:, 1:]
@@ -138,6 +151,11 @@ def evaluate_sae(
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "k": sae.cfg.k,
+        **(
+            {"hook_out": target_hook, "d_out": sae.cfg.d_out, "skip_transcoder": sae.cfg.skip}
+            if sae.cfg.is_transcoder
+            else {}
+        ),
         "backend": backend,
         "data": source.describe(),
         "data_source": source.record(),
@@ -145,6 +163,7 @@ def evaluate_sae(
         "overlaps_training_data": source.overlaps(trained),
         "context_length": context_length,
         **result,
+        "fvu": 1 - result["explained_variance"],
         "ce_loss_clean": ce["clean"] / n_pred,
         "ce_loss_sae": ce["sae"] / n_pred,
         "ce_loss_zero_ablation": ce["zero"] / n_pred,
@@ -171,6 +190,23 @@ def evaluate_sae(
     return report, acc.density()
 
 
+def _output_hook(cfg, model, hook_out: str | None, force: bool) -> str:
+    """A transcoder's output hook: ``hook_out`` or its cfg.json's (one-line errors as for
+    the input hook: another hook than the one trained on needs ``force``)."""
+    hook_out = hook_out or cfg.hook_name_out
+    if hook_out is None:
+        raise ValueError(
+            "the transcoder's cfg.json names no output hook (metadata.hook_name_out); give --hook-out"
+        )
+    model.check_hook_name(hook_out)
+    if not force and cfg.hook_name_out and hook_out != cfg.hook_name_out:
+        raise ValueError(
+            f"the transcoder was trained to predict {cfg.hook_name_out}, not {hook_out}; drop "
+            "--hook-out, or pass --force to use it anyway"
+        )
+    return hook_out
+
+
 SAEBENCH_SHOWN = (
     "kl_div_score",
     "ce_loss_score",
@@ -184,9 +220,17 @@ SAEBENCH_SHOWN = (
 
 
 def print_report(r: dict) -> None:
-    print(
-        f"SAE {r['sae']}  ({r['architecture']}, d_sae={r['d_sae']}, hook {r['hook']}, {r['backend']})"
-    )
+    if "hook_out" in r:
+        kind = "skip transcoder" if r["skip_transcoder"] else "transcoder"
+        print(
+            f"{kind} {r['sae']}  ({r['architecture']}, d_sae={r['d_sae']}, {r['hook']} -> "
+            f"{r['hook_out']}, {r['backend']}); reconstruction metrics are of the prediction "
+            f"of {r['hook_out']}, which it replaces"
+        )
+    else:
+        print(
+            f"SAE {r['sae']}  ({r['architecture']}, d_sae={r['d_sae']}, hook {r['hook']}, {r['backend']})"
+        )
     print(f"  evaluated on {r['n_rows']} tokens of {r['data']}")
     if r.get("overlaps_training_data"):
         print(
@@ -195,6 +239,7 @@ def print_report(r: dict) -> None:
     for key, label in [
         ("l0", "L0"),
         ("explained_variance", "explained variance"),
+        ("fvu", "FVU (1 - expl. var.)"),
         ("normalized_mse", "normalised MSE"),
         ("cosine_similarity", "cosine similarity"),
         ("dead_fraction", "dead fraction"),

@@ -639,6 +639,11 @@ def train_sae(
     tc.validate()
     units = sae_units(hooks)
     hooks = list(units)
+    if tc.skip_transcoder and not any(hout for _, hout in units.values()):
+        raise ValueError(
+            "skip_transcoder (--skip-transcoder) is for transcoders: give (input, output) hook "
+            "pairs (--hook IN --hook-out OUT)"
+        )
     world = world or distributed.world()
     if world.size > 1:
         if backend != "mlx":
