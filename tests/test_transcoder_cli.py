@@ -82,3 +82,47 @@ def test_transcoder_cli_errors(checkpoint_dir, text_file, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc != 0 and message in err, (args, err)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_transcoder_feature_interventions(checkpoint_dir, tmp_path, backend):
+    """Ablating a transcoder feature subtracts f_j(input hook) * W_dec[j] at the output hook
+    (checked against that edit made by hand); steering adds W_dec[j] there; both backends."""
+    import mlx.core as mx
+
+    from mlx_interp import load_model
+    from mlx_interp.features.interventions import feature_ablation, steer_feature
+    from mlx_interp.sae import SAEConfig
+    from mlx_interp.sae.sae import init_params
+    from torch_ref import load_model as load_torch
+
+    folder = checkpoint_dir("llama-gqa-untied")
+    model = load_model(folder) if backend == "mlx" else load_torch(folder)
+    cfg = SAEConfig(d_in=64, d_sae=40, d_out=64, architecture="jumprelu", skip=True,
+                    hook_name=HOOK_IN, hook_name_out=HOOK_OUT, model_name=str(folder))  # fmt: skip
+    p = init_params(cfg, seed=0)
+    p["W_enc"] *= 10  # features that fire on the random model's normalised inputs
+    p["W_dec"] *= 50  # and move its logits
+    p["threshold"][:] = 0.05
+    SAE(cfg, p).save(tmp_path / "tc")
+    text = "the quick brown fox jumps over a lazy dog"
+    r = feature_ablation(model, tmp_path / "tc", text, list(range(8)))
+    j = max(r.active, key=r.active.get)
+    assert r.active[j] > 0 and r.effect(j) != 0
+    # the same edit by hand, in MLX
+    ref = load_model(folder)
+    toks = ref.to_tokens(text)
+    _, cache = ref.run_with_cache(toks, names_filter=[HOOK_IN])
+    f = np.array(SAE.load(tmp_path / "tc").encode(cache[HOOK_IN]))[..., j : j + 1]
+    f[:, 0] = 0  # position 0 is left alone
+    delta = mx.array((f * p["W_dec"][j]).astype(np.float32))
+    logits = np.array(ref.run_with_hooks(toks, fwd_hooks=[(HOOK_OUT, lambda x, hook: x - delta)]))
+    lp = logits - logits.max(-1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    t = np.array(toks)
+    loss = float(-np.take_along_axis(lp[:, :-1], t[:, 1:, None], axis=-1).mean())
+    assert r.ablated_loss[j] == pytest.approx(loss, rel=1e-4)
+    s = steer_feature(model, tmp_path / "tc", "the quick", j, "add", 0.0, max_new_tokens=3)
+    assert s["normal"] == s["steered"]
+    s = steer_feature(model, tmp_path / "tc", "the quick", j, "clamp", 30.0, max_new_tokens=3)
+    assert isinstance(s["steered"], str)

@@ -138,7 +138,8 @@ def _write_features(model, sae, out, r, info, t0, t_pass, max_features, features
     vocab = vocab_strings(model._require_tokenizer(), r["sae"].vocab_size)
     d_model = model.cfg.d_model
     w_dec = np.array(sae.numpy_params()["W_dec"])
-    lg = logit_effects(model, w_dec) if sae.cfg.d_in == d_model else None
+    # decoder rows live in the output space (a transcoder's output hook)
+    lg = logit_effects(model, w_dec) if sae.cfg.out_width == d_model else None
     write_store(out / "store" / "sae", r["sae"], info, vocab, lg, kind="sae")
     stores = {}
     for h, st in r["neurons"].items():

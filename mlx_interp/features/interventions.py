@@ -8,6 +8,9 @@ f_j(x) its activation at a position:
                                                      x, the SAE's error included, untouched)
 - ablate: clamp to 0, i.e. x -> x - f_j(x) d_j
 
+For a transcoder, f_j is read at its input hook and x is its output hook (d_j lives there):
+the clamp and the ablation replace the feature's share of the transcoder's prediction.
+
 Position 0 is left untouched (its activations are massive in SmolLM2 and the SAE was not
 trained on them). The model may be ``mlx_interp`` or ``torch_ref``; the SAE runs in the
 model's backend (a folder is loaded in it), with only arithmetic both share, so results
@@ -44,21 +47,36 @@ def sae_for_model(model: HookedModelLike, sae, force: bool = False):
 
 
 def _check(model, sae, feature: int) -> str:
+    """The hook the feature's direction is written at (a transcoder's output hook)."""
     if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
         raise ValueError(f"feature must be an integer index, not {feature!r}")
     if not 0 <= int(feature) < sae.cfg.d_sae:
         raise ValueError(f"feature {feature} is out of range: the SAE has features 0..{sae.cfg.d_sae - 1}")  # fmt: skip
     if sae.cfg.hook_name is None:
         raise ValueError("the SAE's cfg.json names no hook point")
+    if sae.cfg.is_transcoder:
+        if sae.cfg.hook_name_out is None:
+            raise ValueError("the transcoder's cfg.json names no output hook (hook_name_out)")
+        _check_hook(model, sae.cfg.hook_name)
+        return _check_hook(model, sae.cfg.hook_name_out)
     return _check_hook(model, sae.cfg.hook_name)
 
 
-def feature_hook(model: HookedModelLike, sae, feature: int, mode: str = "add", value: float = 1.0):
-    """A forward hook for ``sae.cfg.hook_name`` that adds or clamps ``feature``."""
+def feature_hooks(
+    model: HookedModelLike, sae, feature: int, mode: str = "add", value: float = 1.0
+) -> list[tuple[str, object]]:
+    """Forward hooks, as (hook name, function) pairs, that add or clamp ``feature``: one at
+    ``sae.cfg.hook_name``; for a transcoder one that reads f_j at its input hook and one
+    that writes at its output hook (later in the same forward pass)."""
     if mode not in ("add", "clamp"):
         raise ValueError(f"mode must be 'add' or 'clamp', not {mode!r}")
     j = int(feature)
     d = from_numpy(np.asarray(sae.numpy_params()["W_dec"][j], np.float32), model)
+    seen = {}
+
+    def read(x, hook):  # a transcoder's input: f_j of this forward pass
+        seen["f"] = sae.encode(x)[..., j : j + 1]
+        return x
 
     def hook_fn(x, hook):
         n = x.shape[1]
@@ -67,11 +85,23 @@ def feature_hook(model: HookedModelLike, sae, feature: int, mode: str = "add", v
         m = from_numpy(keep0, model)
         if mode == "add":
             return x + m * (value * d)
-        f = sae.encode(x)[..., j : j + 1]
+        f = seen.pop("f") if sae.cfg.is_transcoder else sae.encode(x)[..., j : j + 1]
         f = f.to(x.dtype) if is_torch(model) else f.astype(x.dtype)
         return x + m * ((value - f) * d)
 
-    return hook_fn
+    hook = _check(model, sae, feature)
+    if sae.cfg.is_transcoder and mode == "clamp":
+        return [(sae.cfg.hook_name, read), (hook, hook_fn)]
+    return [(hook, hook_fn)]
+
+
+def feature_hook(model: HookedModelLike, sae, feature: int, mode: str = "add", value: float = 1.0):
+    """The forward hook for ``sae.cfg.hook_name`` that adds or clamps ``feature`` (an SAE's;
+    a transcoder needs two: ``feature_hooks``)."""
+    hooks = feature_hooks(model, sae, feature, mode, value)
+    if len(hooks) != 1:
+        raise ValueError("a transcoder's clamp needs two hooks: use feature_hooks")
+    return hooks[0][1]
 
 
 def steer_feature(
@@ -91,15 +121,14 @@ def steer_feature(
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"value must be a finite number, got {value!r}")
     sae = sae_for_model(model, sae, force)
-    hook = _check(model, sae, feature)
-    fn = feature_hook(model, sae, feature, mode, value)
+    hooks = feature_hooks(model, sae, feature, mode, value)
     return {
         "prompt": prompt,
         "feature": int(feature),
         "mode": mode,
         "value": value,
         "normal": model.generate(prompt, max_new_tokens),
-        "steered": model.generate(prompt, max_new_tokens, fwd_hooks=[(hook, fn)]),
+        "steered": model.generate(prompt, max_new_tokens, fwd_hooks=hooks),
     }
 
 
@@ -134,13 +163,14 @@ def feature_ablation(
     if int(tokens.shape[1]) < 2:
         raise ValueError("the text must have at least two tokens to measure a loss")
     tok_np = to_numpy(tokens).astype(np.int64)
-    logits, cache = model.run_with_cache(tokens, names_filter=[hook])
+    read = sae.cfg.hook_name  # where the features are read (a transcoder's input hook)
+    logits, cache = model.run_with_cache(tokens, names_filter=[read])
     clean, clean_lp = _loss_and_logprobs(to_numpy(logits, np.float64), tok_np)
-    f = to_numpy(sae.encode(cache[hook]), np.float64)[0, 1:]
+    f = to_numpy(sae.encode(cache[read]), np.float64)[0, 1:]
     losses, kls, active = {}, {}, {}
     for j in features:
-        fn = feature_hook(model, sae, j, "clamp", 0.0)
-        loss, lp = _loss_and_logprobs(to_numpy(model.run_with_hooks(tokens, fwd_hooks=[(hook, fn)]), np.float64), tok_np)  # fmt: skip
+        fns = feature_hooks(model, sae, j, "clamp", 0.0)
+        loss, lp = _loss_and_logprobs(to_numpy(model.run_with_hooks(tokens, fwd_hooks=fns), np.float64), tok_np)  # fmt: skip
         losses[int(j)] = loss
         kls[int(j)] = float((np.exp(clean_lp) * (clean_lp - lp)).sum(-1).mean())
         active[int(j)] = int((f[:, int(j)] > 0).sum())
