@@ -5,8 +5,9 @@ A field declared with :func:`option` is an option: its name gives the flag (``lr
 -> ``--lr-warmup-steps``) unless ``flag`` says otherwise, its type and default give argparse's
 ``type`` and ``default``, and ``help`` the help text. A ``bool`` field becomes a switch that
 flips its default (``normalize_activations: bool = True`` with ``flag="--no-normalize"`` is
-``store_false``). Fields that share a ``group`` are mutually exclusive. Plain fields (no
-``option``) stay off the command line.
+``store_false``). Fields that share a ``group`` are mutually exclusive; ``type`` parses a
+flag whose field type cannot (a list from "128,512"). Plain fields (no ``option``) stay off
+the command line.
 
     @dataclass
     class Config:
@@ -35,9 +36,11 @@ def option(
     choices: typing.Sequence | None = None,
     group: str | None = None,
     metavar: str | None = None,
+    type: typing.Callable[[str], Any] | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
-    spec = {"help": help, "flag": flag, "choices": choices, "group": group, "metavar": metavar}
+    spec = {"help": help, "flag": flag, "choices": choices, "group": group, "metavar": metavar,
+            "type": type}  # fmt: skip
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
@@ -71,7 +74,7 @@ def add_options(
         flag = spec["flag"] or "--" + f.name.replace("_", "-")
         default = defaults.get(f.name, f.default)
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": spec["help"]}
-        typ = _value_type(hints[f.name])
+        typ = spec.get("type") or _value_type(hints[f.name])
         if typ is bool:
             kw["action"] = "store_false" if default else "store_true"
         else:

@@ -24,7 +24,7 @@ from torch_ref import sae as tsae
 SAE_TOL = 1e-5
 CURVE_TOL = 1e-4
 WEIGHT_TOL = 1e-3
-ARCHS = ["standard", "topk", "batchtopk", "jumprelu"]
+ARCHS = ["standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]
 
 
 def _weights(cfg, seed=0):
@@ -118,7 +118,11 @@ def test_training_curves_match(arch, tmp_path):
         s = train_sae(array_source({"h": data}), ["h"], 16, tc, tmp_path / be, backend=be,
                       progress=False)  # fmt: skip
         runs[be] = s
-    for key in ("loss", "mse", "explained_variance", "l0", "dead_fraction"):
+    keys = ["loss", "mse", "explained_variance", "l0", "dead_fraction"]
+    if arch == "matryoshka_batchtopk":  # default widths for 128 latents: 8, 32, 128
+        keys.append("prefix_explained_variance")
+        assert len(runs["mlx"]["log"][0]["h"]["prefix_explained_variance"]) == 3
+    for key in keys:
         a = np.array([r["h"][key] for r in runs["mlx"]["log"]])
         b = np.array([r["h"][key] for r in runs["torch"]["log"]])
         if key == "dead_fraction":

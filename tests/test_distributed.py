@@ -158,7 +158,7 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "h" / "sae_weights.safetensors"))
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "standard"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "standard", "matryoshka_batchtopk"])
 def test_two_ranks_train_like_one(tmp_path, arch):
     """A 2-rank run equals a 1-rank run with the same global batch: weights within 1e-5."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -176,6 +176,9 @@ def test_two_ranks_train_like_one(tmp_path, arch):
     for a, b in zip(log1, log2, strict=True):
         for key in ("mse", "l0", "explained_variance", "dead_fraction"):
             assert b["h"][key] == pytest.approx(a["h"][key], rel=1e-4, abs=1e-6), key
+        if arch == "matryoshka_batchtopk":  # default widths 6, 24, 96: each prefix alike
+            pa, pb = a["h"]["prefix_explained_variance"], b["h"]["prefix_explained_variance"]
+            assert len(pa) == 3 and pb == pytest.approx(pa, rel=1e-4, abs=1e-6)
 
 
 def test_two_ranks_train_resume(tmp_path):

@@ -9,6 +9,8 @@ reads and writes bytes and does no math) is shared, so both backends load the sa
     standard: relu(pre)     topk: relu of the k largest per row
     batchtopk: training keeps the k*batch largest relu(pre) of the batch; inference uses
                pre > threshold      jumprelu: relu(pre) * (pre > threshold)
+    matryoshka_batchtopk: batchtopk, trained to reconstruct from every prefix of widths w:
+               x_hat_w = f[:, :w] @ W_dec[:w] + b_dec
     x_hat = f @ W_dec + b_dec
     transcoders (cfg.d_out): the target is another hook's y; b_dec (d_out) is never
     subtracted; a skip transcoder predicts f @ W_dec + b_dec + x @ W_skip.T
@@ -104,7 +106,7 @@ def forward_loss(
         f = torch.relu(pre)
     elif arch == "topk":
         f = topk_relu(pre, cfg.k)
-    elif arch == "batchtopk":
+    elif arch in ("batchtopk", "matryoshka_batchtopk"):
         f = batch_topk_relu(pre, cfg.k)
     else:
         theta = torch.exp(p["log_threshold"])
@@ -115,6 +117,16 @@ def forward_loss(
     mse = ((x_hat - y) ** 2).sum(dim=-1).mean()
     loss = mse
     parts = {"mse": mse, "l0": (f > 0).float().sum(dim=-1).mean()}
+    if arch == "matryoshka_batchtopk":
+        # each shorter prefix decoded on its own; the loss is the sum of all prefixes' MSE
+        prefix_mse = []
+        for w in cfg.matryoshka_widths[:-1]:
+            x_hat_w = f[:, :w] @ p["W_dec"][:w] + p["b_dec"]
+            if cfg.skip:
+                x_hat_w = x_hat_w + x @ p["W_skip"].T
+            prefix_mse.append(((x_hat_w - y) ** 2).sum(dim=-1).mean())
+        loss = loss + sum(prefix_mse)
+        parts["prefix_mse"] = torch.stack([*prefix_mse, mse])
     if arch == "standard":
         sparsity = (f * p["W_dec"].norm(dim=-1)).sum(dim=-1).mean()
         loss = loss + sparsity_coeff * sparsity

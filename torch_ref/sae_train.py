@@ -22,7 +22,7 @@ class TorchBackend:
         self.threshold = 0.0
         if cfg.architecture == "jumprelu":
             p["log_threshold"] = torch.log(p.pop("threshold"))
-        elif cfg.architecture == "batchtopk":
+        elif cfg.architecture in ("batchtopk", "matryoshka_batchtopk"):
             self.threshold = float(p.pop("threshold")[0])
         self.params = p
         self.m = {k: torch.zeros_like(v) for k, v in p.items()}
@@ -60,7 +60,7 @@ class TorchBackend:
         loss.backward()
         b1, b2 = tc.adam_betas
         bc1, bc2 = 1 - b1**t, 1 - b2**t
-        unit_norm = cfg.architecture in ("topk", "batchtopk", "jumprelu")
+        unit_norm = cfg.architecture in ("topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
         with torch.no_grad():
             grads = {name: p.grad for name, p in params.items()}
             if unit_norm and tc.decoder_constraint == "project":
@@ -84,31 +84,37 @@ class TorchBackend:
             self.since_fired = torch.where(
                 fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0]
             )
-            if cfg.architecture == "batchtopk" and (f > 0).any():
+            if cfg.architecture in ("batchtopk", "matryoshka_batchtopk") and (f > 0).any():
                 low = float(f[f > 0].min())
                 r = tc.batchtopk_threshold_rate
                 self.threshold = low if self.threshold == 0 else (1 - r) * self.threshold + r * low
             y_all = x if target is None else target
             centred = y_all - y_all.mean(dim=0)
-            self.acc.append(
-                {
-                    "loss": float(loss),
-                    "mse": float(out["mse"]),
-                    "var": float((centred**2).sum(dim=-1).mean()),
-                    "l0": float(out["l0"]),
-                }
-            )
+            row = {
+                "loss": float(loss),
+                "mse": float(out["mse"]),
+                "var": float((centred**2).sum(dim=-1).mean()),
+                "l0": float(out["l0"]),
+            }
+            if "prefix_mse" in out:
+                row["prefix_mse"] = out["prefix_mse"].double().numpy()
+            self.acc.append(row)
 
     def pop_metrics(self) -> dict:
         n = len(self.acc)
         s = {k: sum(a[k] for a in self.acc) for k in self.acc[0]}
         self.acc = []
-        return {
+        out = {
             "loss": s["loss"] / n,
             "mse": s["mse"] / n,
             "explained_variance": 1 - s["mse"] / s["var"] if s["var"] > 0 else 0.0,
             "l0": s["l0"] / n,
         }
+        if "prefix_mse" in s:
+            out["prefix_explained_variance"] = [
+                1 - float(m) / s["var"] if s["var"] > 0 else 0.0 for m in s["prefix_mse"]
+            ]
+        return out
 
     def n_dead(self) -> int:
         return int((self.since_fired > self.tc.dead_tokens).sum())

@@ -1,4 +1,4 @@
-"""Sparse autoencoders (and transcoders) in MLX: four architectures, a trainer, metrics,
+"""Sparse autoencoders (and transcoders) in MLX: five architectures, a trainer, metrics,
 SAELens files.
 
 ``config`` and ``files`` (the SAELens file format) import no MLX: ``torch_ref`` shares them.

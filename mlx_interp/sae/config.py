@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
+# trained with a batch-wide top-k, run (and saved, as JumpReLU) with one global threshold
+BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
 
 # The SAELens version whose file layout we write; SAELens reads the nested-metadata
 # layout only when metadata.sae_lens_version is at least 6.0.0.
@@ -41,8 +43,10 @@ class SAEConfig:
 
     ``architecture`` is one of ``standard`` (ReLU), ``topk``, ``batchtopk`` (trained with a
     batch-wide top-k, run with one global ``threshold``) and ``jumprelu`` (a threshold per
-    latent, held in the weights). Saved files are always in the units of the hook's raw
-    activations: input normalisation used in training is folded into the weights.
+    latent, held in the weights). ``matryoshka_batchtopk`` (Bussmann et al. 2025) is a
+    BatchTopK SAE whose nested prefixes ``matryoshka_widths`` (increasing, the last d_sae)
+    were each trained to reconstruct; it runs as BatchTopK. Saved files are always in the
+    units of the hook's raw activations: input normalisation used in training is folded in.
 
     A transcoder has ``d_out`` (the width of ``hook_name_out``, the hook it predicts; b_dec
     and W_dec are in that space, and b_dec is never subtracted from the input); ``skip`` adds
@@ -62,6 +66,7 @@ class SAEConfig:
     d_out: int | None = None  # transcoders: the width of hook_name_out
     hook_name_out: str | None = None
     skip: bool = False  # skip transcoder: + x @ W_skip.T
+    matryoshka_widths: list[int] | None = None  # matryoshka_batchtopk: the prefix widths
 
     @property
     def is_transcoder(self) -> bool:
@@ -84,7 +89,7 @@ class SAEConfig:
 
         self.d_in = integer("d_in", self.d_in)
         self.d_sae = integer("d_sae", self.d_sae)
-        if self.architecture in ("topk", "batchtopk"):
+        if self.architecture in ("topk", *BATCH_TOPK):
             if self.k is None:
                 raise ValueError(f"a {self.architecture} SAE needs k")
             self.k = integer("k", self.k)
@@ -92,6 +97,10 @@ class SAEConfig:
                 raise ValueError(f"k={self.k} must be between 1 and d_sae={self.d_sae}")
         if self.threshold is not None:
             self.threshold = number("threshold", self.threshold, low=0)
+        if self.architecture == "matryoshka_batchtopk":
+            self.matryoshka_widths = matryoshka_widths(self.matryoshka_widths, self.d_sae)
+        elif self.matryoshka_widths is not None:
+            raise ValueError("matryoshka_widths is for the matryoshka_batchtopk architecture")
         if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise ValueError(f"dtype {self.dtype!r} is not supported (float32, float16, bfloat16)")
         if self.d_out is not None:
@@ -113,10 +122,12 @@ class SAEConfig:
     def to_saelens(self) -> dict:
         """The cfg.json SAELens 6 reads with ``SAE.load_from_disk``.
 
-        A BatchTopK SAE is written, as SAELens writes it, as a JumpReLU SAE whose
-        thresholds all equal the global threshold; k is kept in the metadata.
+        A BatchTopK or Matryoshka BatchTopK SAE is written, as SAELens 6.54 writes both, as a
+        JumpReLU SAE whose thresholds all equal the global threshold, with what it was
+        trained as in the metadata: SAELens's ``training_architecture`` and
+        ``training_architecture_details`` (k, matryoshka_widths), and our k and threshold.
         """
-        arch = "jumprelu" if self.architecture == "batchtopk" else self.architecture
+        arch = "jumprelu" if self.architecture in BATCH_TOPK else self.architecture
         if self.is_transcoder:
             arch = TRANSCODER_NAMES[(arch, self.skip)]
         cfg = {
@@ -148,9 +159,14 @@ class SAEConfig:
             "trained_with": "mlx-interp",
             "trained_architecture": self.architecture,
         }
-        if self.architecture == "batchtopk":
+        if self.architecture in BATCH_TOPK:
             meta["k"] = self.k
             meta["threshold"] = self.threshold
+            details = {"k": self.k, "rescale_acts_by_decoder_norm": False}
+            if self.matryoshka_widths is not None:
+                details["matryoshka_widths"] = list(self.matryoshka_widths)
+            meta["training_architecture"] = self.architecture
+            meta["training_architecture_details"] = details
         cfg["metadata"] = meta
         return cfg
 
@@ -185,8 +201,8 @@ class SAEConfig:
             raise ValueError(f"normalize_activations={norm!r} is not supported (only 'none')")
         if cfg.get("reshape_activations", "none") != "none":
             raise ValueError("reshape_activations (hook_z SAEs) is not supported")
-        if cfg.get("rescale_acts_by_decoder_norm") and arch != "topk":
-            # SAELens has the option for TopK only; load_sae_folder folds it into the weights
+        if cfg.get("rescale_acts_by_decoder_norm") and arch not in ("topk", *BATCH_TOPK):
+            # SAELens has the option for the TopK family only; load_sae_folder folds it in
             raise ValueError(f"rescale_acts_by_decoder_norm=true is not supported for {arch}")
         known = {
             "sae_lens_version",
@@ -202,10 +218,16 @@ class SAEConfig:
             "hook_name_out",
         }
         extra = {k2: v for k2, v in meta.items() if k2 not in known}
-        threshold = None
-        if arch == "jumprelu" and meta.get("trained_architecture") == "batchtopk":
-            arch, k, threshold = "batchtopk", meta.get("k"), meta.get("threshold")
-        if arch not in ("standard", "topk", "jumprelu", "batchtopk"):
+        threshold = widths = None
+        # a JumpReLU file that was trained as (Matryoshka) BatchTopK: ours say so in
+        # trained_architecture, SAELens 6.54's in training_architecture(_details)
+        trained = meta.get("trained_architecture") or meta.get("training_architecture")
+        details = meta.get("training_architecture_details") or {}
+        if arch == "jumprelu" and trained in BATCH_TOPK:
+            arch, k, threshold = trained, meta.get("k", details.get("k")), meta.get("threshold")
+        if arch == "matryoshka_batchtopk":  # SAELens's training files hold the widths on top
+            widths = cfg.get("matryoshka_widths", details.get("matryoshka_widths"))
+        if arch not in ARCHITECTURES:
             raise ValueError(f"SAE architecture {arch!r} is not supported")
         return cls(
             d_in=cfg["d_in"],
@@ -221,7 +243,53 @@ class SAEConfig:
             d_out=d_out,
             hook_name_out=flat.get("hook_name_out") if d_out is not None else None,
             skip=bool(skip),
+            matryoshka_widths=widths,
         )
+
+
+def default_matryoshka_widths(d_sae: int) -> list[int]:
+    """Geometric prefixes, x4 from min(128, d_sae // 16) while a prefix is at most half of
+    d_sae, then d_sae: 128, 512, 2048, 9216 for 9216 latents; 4, 16, 64 for 64."""
+    widths, w = [], max(1, min(128, d_sae // 16))
+    while 2 * w <= d_sae:
+        widths.append(w)
+        w *= 4
+    return [*widths, d_sae]
+
+
+def parse_matryoshka_widths(widths) -> list[int]:
+    """Matryoshka prefix widths from a list or a "128,512,2048" string: positive integers,
+    strictly increasing (one-line ValueError otherwise)."""
+    from ..checks import integer
+
+    if isinstance(widths, str):
+        try:
+            widths = [int(w) for w in widths.replace(" ", "").split(",") if w]
+        except ValueError:
+            raise ValueError(
+                f"matryoshka_widths must be comma-separated integers like 128,512,2048, got {widths!r}"
+            ) from None
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise ValueError(f"matryoshka_widths must be a non-empty list of integers, got {widths!r}")
+    out = [integer("matryoshka_widths", w) for w in widths]
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+        raise ValueError(f"matryoshka_widths must increase strictly, got {','.join(map(str, out))}")
+    return out
+
+
+def matryoshka_widths(widths, d_sae: int) -> list[int]:
+    """The prefix widths of a Matryoshka SAE of ``d_sae`` latents: None gives the default;
+    given ones (``parse_matryoshka_widths``) must be at most d_sae, and d_sae is appended when
+    missing (as SAELens does), since the whole dictionary is the last prefix."""
+    if widths is None:
+        return default_matryoshka_widths(d_sae)
+    out = parse_matryoshka_widths(widths)
+    if out[-1] > d_sae:
+        raise ValueError(
+            f"matryoshka_widths {','.join(map(str, out))} go past d_sae={d_sae}; each must be "
+            "at most d_sae"
+        )
+    return out if out[-1] == d_sae else [*out, d_sae]
 
 
 def trained_on(cfg) -> dict | None:
@@ -248,7 +316,7 @@ def weight_names(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     }
     if cfg.skip:
         shapes["W_skip"] = (d_out, cfg.d_in)
-    if cfg.architecture in ("jumprelu", "batchtopk"):
+    if cfg.architecture in ("jumprelu", *BATCH_TOPK):
         shapes["threshold"] = (cfg.d_sae,)
     return shapes
 

@@ -21,7 +21,7 @@ import numpy as np
 from ..activations.rows import MASSIVE_FACTOR
 from . import load_sae, numpy_runner
 from .config import trained_on
-from .metrics import MetricAccumulator, log10_density_histogram, saebench_core
+from .metrics import MetricAccumulator, PrefixMetrics, log10_density_histogram, saebench_core
 
 if TYPE_CHECKING:
     from ..model import HookedModel
@@ -81,6 +81,10 @@ def evaluate_sae(
     tok = model._require_tokenizer()
     acc = MetricAccumulator(sae.cfg.d_sae)
     acc_massive = MetricAccumulator(sae.cfg.d_sae)
+    prefixes = None
+    if sae.cfg.matryoshka_widths and not sae.cfg.is_transcoder:  # SAEs: x_hat reconstructs x
+        w = sae.numpy_params()
+        prefixes = PrefixMetrics(sae.cfg.matryoshka_widths, w["W_dec"], w["b_dec"])
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl, n_pred, n_tok, excluded = 0.0, 0, 0, zero_counts()
     kl_zero = 0.0
@@ -112,6 +116,8 @@ def evaluate_sae(
         f, x_hat = run(flat[hook])
         y = flat[target_hook]  # what the SAE reconstructs or the transcoder predicts
         acc.add(y[keep], x_hat[keep], f[keep])
+        if prefixes is not None:
+            prefixes.add(y[keep], f[keep], x_hat[keep])
         acc_massive.add(y[massive], x_hat[massive], f[massive])
         n_tok += int(keep.sum())
         shape = acts[target_hook].shape
@@ -175,6 +181,7 @@ def evaluate_sae(
         "rows_left_out": excluded,
         "massive_rows": acc_massive.result() if acc_massive.n else {"n_rows": 0},
         "saebench": core,
+        **({"matryoshka_prefixes": prefixes.result()} if prefixes is not None else {}),
         "note": (
             f"metrics over ordinary tokens; left out ({rows.describe()}) are left out of the "
             "SAE metrics and keep their clean values when splicing; the norm outliers are "
@@ -251,6 +258,12 @@ def print_report(r: dict) -> None:
         ("kl_div", "KL(clean || SAE)"),
     ]:
         print(f"  {label:24s} {r[key]:.4f}" if r[key] is not None else f"  {label:24s} n/a")
+    if r.get("matryoshka_prefixes"):
+        print("  Matryoshka prefixes (latents 0..w-1 alone):")
+        for p in r["matryoshka_prefixes"]:
+            print(
+                f"    width {p['width']:<8d} explained variance {p['explained_variance']:.4f}  L0 {p['l0']:.2f}"
+            )
     print("  SAEBench core metrics:")
     for key in SAEBENCH_SHOWN:
         print(f"    {key:30s} {r['saebench'][key]:.4f}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import load_safetensors, read_json, to_json, write_folder_atomic
-from .config import SAEConfig, weight_names
+from .config import BATCH_TOPK, SAEConfig, weight_names
 
 __all__ = ["load_sae_folder", "save_sae_folder", "write_folder_atomic"]
 
@@ -64,6 +64,10 @@ def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.
     tensors = load_safetensors(w_path, fix)
     if "log_threshold" in tensors and "threshold" not in tensors:
         tensors["threshold"] = np.exp(tensors.pop("log_threshold"))
+    if "topk_threshold" in tensors and "threshold" not in tensors:
+        # a SAELens BatchTopK training file: the one global threshold, a scalar
+        t = np.asarray(tensors.pop("topk_threshold"), np.float32).reshape(())
+        tensors["threshold"] = np.full(cfg.d_sae, t, np.float32)
     weights = {}
     for name, shape in weight_names(cfg).items():
         if name not in tensors:
@@ -80,8 +84,12 @@ def load_sae_folder(folder: str | os.PathLike) -> tuple[SAEConfig, dict[str, np.
             raise ValueError(f"{w_path}: {name} holds NaN or infinite values; {fix}")
         weights[name] = a
     cfg.dtype = "float32"
-    if raw.get("rescale_acts_by_decoder_norm") and cfg.architecture == "topk":
+    if raw.get("rescale_acts_by_decoder_norm") and cfg.architecture in ("topk", *BATCH_TOPK):
+        # BatchTopK: the threshold is on the rescaled pre-activations, as after the folding
         weights = fold_decoder_norms(weights)
+    if cfg.architecture in BATCH_TOPK and cfg.threshold is None:
+        t = weights["threshold"]
+        cfg.threshold = float(t[0]) if np.all(t == t[0]) else None
     return cfg, weights
 
 

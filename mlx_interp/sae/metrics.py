@@ -34,6 +34,10 @@ SAEBench's core metrics (Karvonen et al. 2025, "SAEBench"; definitions as in sae
   freq_over_1_percent / freq_over_10_percent: fraction of latents denser than 0.01 / 0.1;
   normalized_freq_over_1_percent / _10_: their share of the summed densities.
 
+Matryoshka SAEs, per prefix of width w (the SAE's nested dictionaries): the metrics above
+of the reconstruction from the first w latents alone, f[:, :w] @ W_dec[:w] + b_dec
+(``PrefixMetrics``; the last prefix is the whole SAE).
+
 ``MetricAccumulator`` gathers the sums batch by batch in float64 NumPy, so the numbers do
 not depend on the backend that computed x_hat and f.
 """
@@ -101,6 +105,36 @@ class MetricAccumulator:
             "l2_ratio": self.l2_ratio / self.n,
             "relative_reconstruction_bias": self.sq_hat / self.dot if self.dot else float("nan"),
         }
+
+
+class PrefixMetrics:
+    """Reconstruction metrics of each Matryoshka prefix (widths increasing, the last d_sae):
+    one MetricAccumulator per prefix, fed the prefix reconstruction built block by block."""
+
+    KEYS = ("l0", "explained_variance", "normalized_mse", "cosine_similarity")
+
+    def __init__(self, widths, w_dec: np.ndarray, b_dec: np.ndarray):
+        self.widths = [int(w) for w in widths]
+        self.w_dec = np.asarray(w_dec, np.float64)
+        self.b_dec = np.asarray(b_dec, np.float64)
+        self.accs = [MetricAccumulator(w) for w in self.widths]
+
+    def add(self, x, f, x_hat=None) -> None:
+        """``x_hat`` (optional): the SAE's own full reconstruction, used for the last prefix."""
+        f = np.asarray(f, np.float64)
+        rec, start = np.broadcast_to(self.b_dec, (len(f), len(self.b_dec))), 0
+        for i, (w, acc) in enumerate(zip(self.widths, self.accs, strict=True)):
+            rec = rec + f[:, start:w] @ self.w_dec[start:w]
+            last = i == len(self.widths) - 1 and x_hat is not None
+            acc.add(x, x_hat if last else rec, f[:, :w])
+            start = w
+
+    def result(self) -> list[dict]:
+        out = []
+        for w, acc in zip(self.widths, self.accs, strict=True):
+            r = acc.result()
+            out.append({"width": w, **{k: r[k] for k in self.KEYS if k in r}})
+        return out
 
 
 def max_decoder_cosine_sim(w_dec: np.ndarray, chunk: int = 1024) -> np.ndarray:

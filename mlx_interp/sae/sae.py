@@ -1,4 +1,4 @@
-"""Sparse autoencoders in MLX: standard (ReLU + L1), TopK, BatchTopK and JumpReLU.
+"""Sparse autoencoders in MLX: standard (ReLU + L1), TopK, BatchTopK, JumpReLU, Matryoshka BatchTopK.
 
 The math is a set of pure functions of a parameter dict, so that the trainer can
 ``mx.compile`` and differentiate them; the ``SAE`` class wraps them for use.
@@ -10,7 +10,9 @@ The math is a set of pure functions of a parameter dict, so that the trainer can
            batchtopk: training: the k * batch largest entries of relu(pre) in the batch
                       inference: pre where pre > threshold (one global threshold)
            jumprelu:  relu(pre) where pre > threshold_i (one threshold per latent)
+           matryoshka_batchtopk: as batchtopk
     x_hat = f @ W_dec + b_dec
+    Matryoshka (training): x_hat_m = f[:, :w_m] @ W_dec[:w_m] + b_dec for each prefix width w_m
 
 A transcoder (``cfg.d_out``) encodes x from one hook and predicts y at another: the same
 encoder, b_dec never subtracted, W_dec (d_sae, d_out); a skip transcoder adds ``x @ W_skip.T``.
@@ -26,7 +28,7 @@ import os
 import mlx.core as mx
 import numpy as np
 
-from .config import SAEConfig, weight_names
+from .config import BATCH_TOPK, SAEConfig, weight_names
 from .files import load_sae_folder, save_sae_folder
 
 # --- activation functions --------------------------------------------------------------
@@ -235,6 +237,18 @@ def add_skip(params: dict, out: mx.array, x: mx.array) -> mx.array:
     return out + x @ params["W_skip"].T if "W_skip" in params else out
 
 
+def decode_prefixes(params: dict, f: mx.array, widths: list[int]) -> list[mx.array]:
+    """Matryoshka reconstructions, one (batch, d_in) per prefix width: the latents below
+    w_m decoded, f[:, :w_m] @ W_dec[:w_m] + b_dec. Built up block by block (each block's
+    product added to the previous prefix's), so all of them cost one dense decode."""
+    out, start, x_hat = [], 0, params["b_dec"]
+    for w in widths:
+        x_hat = mx.addmm(x_hat, f[:, start:w], params["W_dec"][start:w])
+        out.append(x_hat)
+        start = w
+    return out
+
+
 @mx.custom_function
 def _gather_decode(values: mx.array, indices: mx.array, w_dec: mx.array) -> mx.array:
     return (values[:, None, :] @ w_dec[indices])[:, 0, :]
@@ -286,7 +300,11 @@ def loss_terms(
 
     mse      = mean_b sum_d (x_hat - x)^2
     standard:  + sparsity_coeff * mean_b sum_i f_i ||W_dec_i||                (L1, decoder norms)
-    topk, batchtopk: + aux_coeff * min(n_dead / k_aux, 1) * mean_b sum_d (e_hat - e)^2 (AuxK)
+    matryoshka_batchtopk: mse is the whole dictionary's; the loss adds the MSE of every
+               shorter prefix reconstruction (sum over prefixes, as SAELens); "prefix_mse"
+               (n_prefixes,) holds all of them, the last equal to mse
+    topk, batchtopk, matryoshka_batchtopk:
+               + aux_coeff * min(n_dead / k_aux, 1) * mean_b sum_d (e_hat - e)^2 (AuxK)
                e = x - x_hat (no gradient), e_hat = the k_aux largest dead latents' relu(pre)
                decoded without b_dec (Gao et al. 2024); zero when no latent is dead
     jumprelu:  + sparsity_coeff * mean_b sum_i H(pre_i - theta_i)              (L0, STE)
@@ -312,19 +330,27 @@ def loss_terms(
             f = mx.maximum(pre, 0)
         elif arch == "topk":
             f = topk_dense(pre, cfg.k)
-        elif arch == "batchtopk":
+        elif arch in BATCH_TOPK:
             f = batchtopk_dense(pre, cfg.k, world_size)
         else:
             jumprelu, step = jumprelu_ste(bandwidth)
             theta = mx.exp(params["log_threshold"])
             f = jumprelu(pre, theta)
-        x_hat = decode_dense(params, f)
+        if arch == "matryoshka_batchtopk":
+            x_hats = decode_prefixes(params, f, cfg.matryoshka_widths)
+            x_hat = x_hats[-1]
+        else:
+            x_hat = decode_dense(params, f)
         l0 = (f > 0).sum(axis=-1).astype(mx.float32).mean()
     x_hat = add_skip(params, x_hat, x)
     err = x_hat - y
     mse = (err * err).sum(axis=-1).mean()
     loss = mse
     parts["mse"] = mse
+    if arch == "matryoshka_batchtopk":
+        prefix = [((add_skip(params, xh, x) - y) ** 2).sum(axis=-1).mean() for xh in x_hats[:-1]]
+        loss = loss + sum(prefix)
+        parts["prefix_mse"] = mx.stack([*prefix, mse])
     if arch == "standard":
         dec_norm = mx.sqrt((params["W_dec"] ** 2).sum(axis=-1))
         sparsity = (f * dec_norm).sum(axis=-1).mean()
@@ -427,7 +453,7 @@ def init_params(
             )
     if cfg.architecture == "jumprelu":
         params["threshold"] = np.full(cfg.d_sae, threshold_init, np.float32)
-    elif cfg.architecture == "batchtopk":
+    elif cfg.architecture in BATCH_TOPK:
         params["threshold"] = np.full(cfg.d_sae, cfg.threshold or 0.0, np.float32)
     return params
 

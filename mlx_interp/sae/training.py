@@ -31,11 +31,17 @@ from .. import distributed
 from ..distributed import World
 from ..options import option
 from .buffer import ShuffleBuffer, array_source, check_finite
-from .config import ARCHITECTURES, SAEConfig
+from .config import (
+    ARCHITECTURES,
+    BATCH_TOPK,
+    SAEConfig,
+    matryoshka_widths,
+    parse_matryoshka_widths,
+)
 from .files import write_folder_atomic
 from .schedules import coeff_at, default_lr, lr_at, warmup_steps_for
 
-UNIT_NORM_DECODER = ("topk", "batchtopk", "jumprelu")
+UNIT_NORM_DECODER = ("topk", *BATCH_TOPK, "jumprelu")
 # Fewer training tokens per latent than this draws a warning (see short_run_warning).
 MIN_TOKENS_PER_LATENT = 100
 
@@ -54,7 +60,14 @@ class TrainConfig:
     d_sae: int | None = option(None, "number of latents", group="size")
     # d_sae = expansion * d_in when d_sae is not given
     expansion: int | None = option(None, "d_sae = expansion x d_in (default 16)", group="size")
-    k: int | None = option(32, "active latents (topk, batchtopk)")
+    k: int | None = option(32, "active latents (topk, batchtopk, matryoshka_batchtopk)")
+    matryoshka_widths: list[int] | None = option(
+        None,
+        "matryoshka_batchtopk: nested prefix widths, increasing (d_sae appended if missing; "
+        "default x4 from 128: 128,512,2048,...,d_sae)",
+        type=str,
+        metavar="W1,W2,...",
+    )
     tokens: int = option(1_000_000, "training tokens")
     batch_size: int = option(4096, "tokens per step")
     lr: float | None = option(
@@ -113,8 +126,16 @@ class TrainConfig:
         self.d_sae = c.integer("d_sae", self.d_sae, none_ok=True)
         self.expansion = c.integer("expansion", self.expansion, none_ok=True)
         self.k = c.integer(
-            "k", self.k, none_ok=self.architecture not in ("topk", "batchtopk", None)
+            "k", self.k, none_ok=self.architecture not in ("topk", *BATCH_TOPK, None)
         )
+        if self.matryoshka_widths is not None:
+            if self.architecture != "matryoshka_batchtopk":
+                raise ValueError(
+                    f"matryoshka_widths is for --arch matryoshka_batchtopk, not {self.architecture}"
+                )
+            self.matryoshka_widths = parse_matryoshka_widths(self.matryoshka_widths)
+            if self.d_sae is not None:  # else checked in resolve, once d_sae is known
+                matryoshka_widths(self.matryoshka_widths, self.d_sae)
         self.tokens = c.integer("tokens", self.tokens)
         self.batch_size = c.integer("batch_size", self.batch_size)
         if self.tokens < self.batch_size:
@@ -178,11 +199,13 @@ class TrainConfig:
             out.lr = default_lr(out.d_sae)
         if out.sparsity_coeff is None:
             out.sparsity_coeff = {"standard": 5.0, "jumprelu": 1.0}.get(arch, 0.0)
-        if arch in ("topk", "batchtopk"):
+        if arch in ("topk", *BATCH_TOPK):
             if self.k is None or not 1 <= self.k <= out.d_sae:
                 raise ValueError(f"k={self.k} must be between 1 and d_sae={out.d_sae}")
         else:
             out.k = None
+        if arch == "matryoshka_batchtopk":
+            out.matryoshka_widths = matryoshka_widths(out.matryoshka_widths, out.d_sae)
         if out.batch_size < 1 or out.tokens < out.batch_size:
             raise ValueError(f"tokens ({out.tokens}) must be at least one batch ({out.batch_size})")
         out.adam_betas = tuple(out.adam_betas)
@@ -211,6 +234,7 @@ class TrainConfig:
             d_out=d_out,
             hook_name_out=hook_out,
             skip=self.skip_transcoder and d_out is not None,
+            matryoshka_widths=self.matryoshka_widths,
         )
 
 
@@ -236,7 +260,7 @@ class MLXBackend:
         thr = 0.0
         if cfg.architecture == "jumprelu":
             p["log_threshold"] = mx.log(p.pop("threshold"))
-        elif cfg.architecture == "batchtopk":
+        elif cfg.architecture in BATCH_TOPK:
             thr = float(np.asarray(params["threshold"])[0])
             p.pop("threshold")
         self.state = {
@@ -327,13 +351,15 @@ class MLXBackend:
             t = x if y is None else y
             stats = {"fired": fired.astype(mx.float32), "loss": loss, "mse": out["mse"],
                      "l0": out["l0"], "mean": t.mean(axis=0), "sq": (t * t).sum(axis=-1).mean()}  # fmt: skip
+            if "prefix_mse" in out:  # Matryoshka: each prefix's reconstruction error
+                stats["prefix_mse"] = out["prefix_mse"]
             if n_ranks > 1:
                 stats = mean_over_ranks(stats)
                 fired = stats["fired"] > 0  # fired on any rank's slice
             n = x.shape[0] * n_ranks
             since = mx.where(fired, 0, state["since_fired"] + n).astype(mx.int32)
             thr = state["threshold"]
-            if cfg.architecture == "batchtopk":
+            if cfg.architecture in BATCH_TOPK:
                 f = out["f"]
                 low = mx.min(mx.where(f > 0, f, mx.inf))
                 if n_ranks > 1:
@@ -347,6 +373,8 @@ class MLXBackend:
             else:  # about the global batch's mean: E|x|^2 - |E x|^2 over every slice
                 var = stats["sq"] - (stats["mean"] * stats["mean"]).sum()
             metrics = {"loss": stats["loss"], "mse": stats["mse"], "var": var, "l0": stats["l0"]}
+            if "prefix_mse" in stats:
+                metrics["prefix_mse"] = stats["prefix_mse"]
             new_state = {
                 **state,
                 "params": new_p,
@@ -380,15 +408,9 @@ class MLXBackend:
         mx.eval(self.state, self._acc)
 
     def pop_metrics(self) -> dict:
-        acc = {k: float(v.item()) for k, v in self._acc.items()}
+        acc = {k: np.array(v, np.float64) for k, v in self._acc.items()}
         self._acc = None
-        n = acc.pop("n")
-        return {
-            "loss": acc["loss"] / n,
-            "mse": acc["mse"] / n,
-            "explained_variance": 1 - acc["mse"] / acc["var"] if acc["var"] > 0 else 0.0,
-            "l0": acc["l0"] / n,
-        }
+        return logged_metrics(acc, float(acc.pop("n")))
 
     def n_dead(self) -> int:
         return int((self.state["since_fired"] > self.tc.dead_tokens).sum().item())
@@ -422,6 +444,26 @@ class MLXBackend:
         return float(self.state["threshold"].item())
 
 
+def logged_metrics(acc: dict, n: float) -> dict:
+    """A log row's metrics from sums over ``n`` steps of the step metrics (loss, mse, var, l0;
+    Matryoshka: prefix_mse, one per prefix), in both backends: means, and explained variance
+    1 - mse / var of the whole SAE and (prefix_explained_variance) of each prefix."""
+    var = float(acc["var"])
+
+    def ev(mse):
+        return 1 - float(mse) / var if var > 0 else 0.0
+
+    out = {
+        "loss": float(acc["loss"]) / n,
+        "mse": float(acc["mse"]) / n,
+        "explained_variance": ev(acc["mse"]),
+        "l0": float(acc["l0"]) / n,
+    }
+    if "prefix_mse" in acc:
+        out["prefix_explained_variance"] = [ev(m) for m in np.asarray(acc["prefix_mse"])]
+    return out
+
+
 def export_params(
     cfg: SAEConfig, raw: dict[str, np.ndarray], scale: float, threshold: float,
     scale_out: float | None = None,
@@ -441,7 +483,7 @@ def export_params(
         out["W_skip"] = p["W_skip"] * scale / s_out
     if cfg.architecture == "jumprelu":
         out["threshold"] = np.exp(p["log_threshold"])
-    elif cfg.architecture == "batchtopk":
+    elif cfg.architecture in BATCH_TOPK:
         out["threshold"] = np.full(cfg.d_sae, threshold)
         cfg.threshold = float(threshold)
     return {k: v.astype(np.float32) for k, v in out.items()}
@@ -942,7 +984,7 @@ def _finished_run(out: Path, hooks: list[str], meta_cfg: dict, backend: str) -> 
 
 def _has_aux(tc: TrainConfig) -> bool:
     """Whether the architecture has the AuxK dead-latent loss."""
-    return tc.architecture in ("topk", "batchtopk")
+    return tc.architecture in ("topk", *BATCH_TOPK)
 
 
 def _lr(tc: TrainConfig, step: int, total: int) -> float:
