@@ -202,6 +202,67 @@ def activation_patching(
     )
 
 
+@dataclass
+class HeadPatchingResult:
+    """Activation patching of each attention head's output (hook_z), at every position."""
+
+    answer: str
+    wrong: str
+    clean_diff: float
+    corrupted_diff: float
+    layers: list[int]
+    patched_diff: np.ndarray  # (len(layers), n_heads)
+
+    @property
+    def recovered(self) -> np.ndarray:
+        """(patched - corrupted) / (clean - corrupted): 1 = the clean behaviour restored."""
+        return (self.patched_diff - self.corrupted_diff) / (self.clean_diff - self.corrupted_diff)
+
+
+def head_patching(
+    model: HookedModelLike,
+    clean: str,
+    corrupted: str,
+    answer: str,
+    wrong: str,
+    layers: Sequence[int] | None = None,
+) -> HeadPatchingResult:
+    """Patch one head's clean ``attn.hook_z`` (all positions) into the corrupted run at a
+    time and measure the logit difference answer - wrong at the last position (as
+    TransformerLens's ``get_act_patch_attn_head_out_all_pos``). The heads of a layer run
+    as one batch. Swap clean and corrupted to patch the other way (noising)."""
+    ans, wro = _single_token(model, answer), _single_token(model, wrong)
+    clean_tok, n = _tokens(model, clean)
+    corr_tok, m = _tokens(model, corrupted)
+    if n != m:
+        raise ValueError(
+            f"clean and corrupted prompts must have the same number of tokens ({n} vs {m})"
+        )
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    names = [_check_hook(model, f"blocks.{L}.attn.hook_z") for L in layers]
+    n_heads = model.cfg.n_heads
+
+    def diff(logits) -> np.ndarray:
+        last = to_numpy(logits[:, -1], np.float64)
+        return last[:, ans] - last[:, wro]
+
+    clean_logits, cache = model.run_with_cache(clean_tok, names_filter=names)
+    clean_diff = float(diff(clean_logits)[0])
+    corrupted_diff = float(diff(model.run_with_hooks(corr_tok))[0])
+    batch = _repeat(corr_tok, n_heads)
+    # Row h patches head h: (n_heads, 1, n_heads, 1) against z (batch, pos, n_heads, d_head).
+    eye = from_numpy(np.eye(n_heads).reshape(n_heads, 1, n_heads, 1), model)
+    out = np.zeros((len(layers), n_heads))
+    for i, name in enumerate(names):
+        src = cache[name]
+
+        def patch(x, hook, src=src):
+            return x * (1 - eye) + src * eye
+
+        out[i] = diff(model.run_with_hooks(batch, fwd_hooks=[(name, patch)]))
+    return HeadPatchingResult(answer, wrong, clean_diff, corrupted_diff, layers, out)
+
+
 def _repeat(tokens, n: int):
     if is_torch(tokens):
         return tokens.repeat(n, 1)

@@ -434,6 +434,106 @@ def patching_heatmap(pr, path: str | Path, model_name: str = "") -> list[Path]:
     return [png, csv_]
 
 
+ATP_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+def _atp_title(ar, what: str, model_name: str) -> str:
+    if ar.direction == "noising":
+        how = "corrupted -> clean (noising; gradient at the clean run)"
+    else:
+        how = "clean -> corrupted (denoising; gradient at the corrupted run)"
+    metric = f"logit diff {ar.answer!r} - {ar.wrong!r}" if ar.answer else "the metric"
+    return (
+        f"Attribution patching (AtP), {what}{_of(model_name)}\n"
+        f"patch {how}; estimated change of {metric}: clean {ar.clean_metric:.2f}, "
+        f"corrupted {ar.corrupted_metric:.2f}"
+    )
+
+
+def attribution_heatmap(ar, path: str | Path, model_name: str = "") -> list[Path]:
+    """AtP estimates per layer x position for resid_pre, attn_out and mlp_out (one panel
+    each, diverging colours, 0 is white), and the numbers as CSV."""
+    labels = _labels(ar.str_tokens)
+    hooks = [h for h in ATP_HOOKS if f"blocks.0.{h}" in ar.scores]
+    if not hooks:
+        raise ValueError(f"none of {', '.join(ATP_HOOKS)} was attributed")
+    mats = [ar.layer_pos(h) for h in hooks]
+    n_layers, n_pos = mats[0].shape
+    fig, axes = plt.subplots(
+        1, len(hooks), squeeze=False,
+        figsize=(len(hooks) * max(4.0, 0.42 * n_pos + 1.6), max(4.0, 0.22 * n_layers + 2.2)),
+    )  # fmt: skip
+    for ax, h, m in zip(axes[0], hooks, mats, strict=True):
+        lim = float(np.abs(m).max()) or 1.0
+        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
+                       interpolation="nearest")  # fmt: skip
+        ax.set_xticks(range(n_pos), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=6)
+        ax.set_xlabel("position (clean prompt's tokens)")
+        ax.set_ylabel("layer")
+        ax.set_title(h, fontsize=9)
+        fig.colorbar(im, ax=ax, label="estimated change")
+    fig.suptitle(_atp_title(ar, "layer x position", model_name), fontsize=9)
+    png = save_figure(fig, path)
+    header = ["hook", "layer", *[f"{j}:{t}" for j, t in enumerate(ar.str_tokens)]]
+    rows = [[h, i, *[f"{v:.5g}" for v in m[i]]] for h, m in zip(hooks, mats, strict=True)
+            for i in range(n_layers)]  # fmt: skip
+    return [png, write_csv(_sibling(path, ".csv"), header, rows)]
+
+
+def attribution_head_heatmap(ar, path: str | Path, model_name: str = "") -> list[Path]:
+    """AtP estimates per layer x head (each head's hook_z patched at every position)."""
+    m = ar.heads()
+    n_layers, n_heads = m.shape
+    lim = float(np.abs(m).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * n_heads + 3), max(4.0, 0.22 * n_layers + 2)))
+    im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower",
+                   interpolation="nearest")  # fmt: skip
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)], fontsize=7)
+    ax.set_yticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=6)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(_atp_title(ar, "attention heads (hook_z, all positions)", model_name), fontsize=9)
+    fig.colorbar(im, ax=ax, label="estimated change")
+    png = save_figure(fig, path)
+    rows = [[i, *[f"{v:.5g}" for v in m[i]]] for i in range(n_layers)]
+    return [
+        png,
+        write_csv(_sibling(path, ".csv"), ["layer", *[f"H{h}" for h in range(n_heads)]], rows),
+    ]
+
+
+def attribution_table(ar, path: str | Path, k: int = 20) -> list[Path]:
+    """The top ``k`` components of each kind by |AtP score|: ``path`` (Markdown) and CSV."""
+    from ..io import write_text
+
+    rows = ar.top(k)
+    header = ["kind", "component", "layer", "position", "token", "index", "score"]
+
+    def cells(r):
+        p = r["position"]
+        tok = "" if p is None else ar.str_tokens[p]
+        return [r["kind"], r["component"], "" if r["layer"] is None else r["layer"],
+                "" if p is None else p, tok, "" if r["index"] is None else r["index"],
+                f"{r['score']:.5g}"]  # fmt: skip
+
+    csv_ = write_csv(_sibling(path, ".csv"), header, [cells(r) for r in rows])
+    lines = [
+        f"Top {k} components of each kind by |AtP score| ({ar.direction}); a score estimates "
+        f"the change of the metric (base run {ar.base_metric:.3f}) when that one component "
+        "is patched.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    for r in rows:
+        c = cells(r)
+        c[4] = repr(c[4]) if c[4] != "" else ""
+        lines.append("| " + " | ".join(str(x) for x in c) + " |")
+    md = write_text(path, "\n".join(lines) + "\n")
+    return [md, csv_]
+
+
 def token_occurrences_report(ta, out: str | Path, title_model: str = "") -> list[Path]:
     """For `mlx-interp tokens --out`: activations, occurrences (CSV) and a similarity plot per hook."""
     from ..io import output_folder

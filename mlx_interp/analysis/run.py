@@ -37,12 +37,22 @@ def run_all(
     context_length: int = 64,
     token: str = " the",
     log=print,
+    atp: Sequence[str] | None = None,
+    atp_direction: str = "noising",
+    atp_saes: Sequence = (),
+    atp_top: int = 20,
+    atp_only: bool = False,
 ) -> list:
     """Every analysis, for ``mlx-interp analyze``: per prompt the norm heatmap, neuron
     heatmap, token similarity and logit lens; once the word-group similarity, positional
     effects (over ``texts``, default: the default corpus's held-out split) and, for GPT-2,
     the position embeddings. Writes the figures, their numbers and ``index.md``; returns
     the paths written.
+
+    ``atp=(clean, corrupted, answer, wrong)`` adds attribution patching
+    (``attribution.attribution_patching`` with ``atp_direction`` and the SAEs ``atp_saes``):
+    the layer x position and layer x head heatmaps and the top ``atp_top`` components of
+    each kind. ``atp_only``: that section alone.
     """
     from pathlib import Path
 
@@ -60,27 +70,36 @@ def run_all(
     checks.integer("max_tokens", max_tokens)
     checks.context_length(model, context_length)
     prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError("give at least one prompt, and no empty ones")
-    for p in prompts:
-        model._check_length(len(model.to_tokens(p)[0]), f"the prompt {p[:30]!r} gives")
+    if atp is not None:
+        from .attribution import check_atp
+
+        atp_saes = check_atp(model, atp, atp_direction, atp_saes, atp_top)
+    elif atp_only:
+        raise ValueError("atp_only needs atp=(clean, corrupted, answer, wrong)")
+    if not atp_only:
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError("give at least one prompt, and no empty ones")
+        for p in prompts:
+            model._check_length(len(model.to_tokens(p)[0]), f"the prompt {p[:30]!r} gives")
+    atp_args = None if atp is None else (tuple(atp), atp_direction, atp_saes, atp_top)
     with output_folder(out):
-        return _run_all(model, prompts, Path(out), texts, model_name, neuron_hook, layers,
-                        max_tokens, context_length, token, log)  # fmt: skip
+        return _run_all(model, [] if atp_only else prompts, Path(out), texts, model_name,
+                        neuron_hook, layers, max_tokens, context_length, token, log, atp_args,
+                        atp_only)  # fmt: skip
 
 
 def _run_all(model, prompts, out, texts, model_name, neuron_hook, layers, max_tokens,
-             context_length, token, log) -> list:  # fmt: skip
+             context_length, token, log, atp_args=None, atp_only=False) -> list:  # fmt: skip
     from pathlib import Path
 
     from ..io import write_text
 
     name = model_name or str(model.source)
-    if texts is None:
+    if texts is None and not atp_only:
         from ..data import default_corpus
 
         texts = default_corpus("heldout")
-    texts = list(texts) if not isinstance(texts, list) else texts
+    texts = list(texts) if not isinstance(texts, list) and texts is not None else texts
     md = [f"# Activation analysis: {name}", "", f"{model}", ""]
     written: list[Path] = []
 
@@ -90,6 +109,11 @@ def _run_all(model, prompts, out, texts, model_name, neuron_hook, layers, max_to
         md.append("Numbers: " + ", ".join(f"`{f.name}`" for f in files[1:]))
         md.append("")
 
+    if atp_args is not None:
+        _atp_section(model, out, name, atp_args, log, section, written, md)
+    if atp_only:
+        written.append(write_text(out / "index.md", "\n".join(md)))
+        return written
     for i, prompt in enumerate(prompts):
         log(f"[prompt {i + 1}/{len(prompts)}] {prompt!r}")
         tag = f"p{i}"
@@ -187,3 +211,41 @@ def _run_all(model, prompts, out, texts, model_name, neuron_hook, layers, max_to
         )
     written.append(write_text(out / "index.md", "\n".join(md)))
     return written
+
+
+def _atp_section(model, out, name, atp_args, log, section, written, md) -> None:
+    """Attribution patching: the two heatmaps (with CSVs) and the table of top components."""
+    from .attribution import attribution_patching
+
+    (clean, corrupted, answer, wrong), direction, saes, top = atp_args
+    log(f"[attribution patching] {clean!r} vs {corrupted!r}, {answer!r} - {wrong!r} ({direction})")
+    ar = attribution_patching(
+        model, clean, corrupted, answer, wrong, saes=saes, direction=direction
+    )
+    md.extend(["# Attribution patching", "",
+               f"Clean {clean!r}, corrupted {corrupted!r}; metric logit({answer!r}) - "
+               f"logit({wrong!r}) at the last position: clean {ar.clean_metric:.3f}, corrupted "
+               f"{ar.corrupted_metric:.3f}.", ""])  # fmt: skip
+    how = (
+        "the corrupted activation patched into the clean run (noising), estimated with the "
+        "gradient at the clean run"
+        if direction == "noising"
+        else "the clean activation patched into the corrupted run (denoising), estimated with "
+        "the gradient at the corrupted run"
+    )
+    note = (
+        f"Each cell is (a_source - a_base) . d metric / d a: the first-order estimate of the "
+        f"change of the metric with {how}. One forward and one backward pass; it can be far "
+        "off where patching changes an activation a lot (e.g. the token embeddings)."
+    )
+    section("AtP: hook points, layer x position", plots.attribution_heatmap(ar, out / "atp_hooks.png", name), note)  # fmt: skip
+    section(
+        "AtP: attention heads, layer x head",
+        plots.attribution_head_heatmap(ar, out / "atp_heads.png", name),  # fmt: skip
+        "Each head's output (hook_z) patched at every position.",
+    )
+    files = plots.attribution_table(ar, out / "atp_top.md", top)
+    written.extend(files)
+    md.extend([f"## AtP: top {top} components of each kind", "",
+               (out / "atp_top.md").read_text(encoding="utf-8"),
+               f"Numbers: `{files[1].name}`", ""])  # fmt: skip

@@ -63,6 +63,28 @@ def add_commands(sub, add_model) -> None:
     sp.add_argument("--data", help="text for the positional analyses (default: the default corpus)")
     add_split(sp, None)  # default: all of --data; the held-out split of the default corpus
     sp.add_argument("--max-tokens", type=int, default=2048, help="tokens for positional analyses")
+    sp.add_argument(
+        "--atp",
+        nargs=4,
+        metavar=("CLEAN", "CORRUPTED", "ANSWER", "WRONG"),
+        help="attribution patching of every hook point, head, MLP neuron (and --atp-sae "
+        "latent) for logit(ANSWER) - logit(WRONG), e.g. --atp 'When Mary and John went to "
+        "the store, John gave a drink to' 'When John and Mary went to the store, Mary gave a "
+        "drink to' ' Mary' ' John'",
+    )
+    sp.add_argument(
+        "--atp-direction",
+        choices=("noising", "denoising"),
+        default="noising",
+        help="noising (default): corrupted patched into the clean run, gradient at the clean "
+        "run (Kramar et al.); denoising: clean into corrupted, gradient at the corrupted run",
+    )
+    sp.add_argument(
+        "--atp-sae", action="append", default=[], metavar="FOLDER",
+        help="an SAE folder (cfg.json names its hook) whose latents AtP scores too; repeat",
+    )  # fmt: skip
+    sp.add_argument("--atp-top", type=int, default=20, help="rows of each kind in atp_top.md")
+    sp.add_argument("--atp-only", action="store_true", help="run attribution patching alone")
     sp.set_defaults(func=cmd_analyze)
 
 
@@ -212,10 +234,12 @@ def run_analysis(
     max_prompts: int = 4,
     max_tokens: int = 2048,
     log=print,
+    **atp,
 ) -> list[Path]:
     """The ``analyze`` command as a function: every analysis on the first ``max_prompts`` of
     ``prompts`` (None: two built in), positional ones over ``texts`` (None: the default
-    corpus, held-out split), written into ``out`` with ``index.md``; returns the paths."""
+    corpus, held-out split), written into ``out`` with ``index.md``; returns the paths.
+    ``atp``, ``atp_direction``, ``atp_saes``, ``atp_top``, ``atp_only``: as in ``run_all``."""
     from .. import checks
     from ..analysis import run_all
     from ..data import PROMPTS as DEFAULT_PROMPTS
@@ -232,6 +256,7 @@ def run_analysis(
         neuron_hook=neuron_hook,
         layers=layers,
         max_tokens=max_tokens,
+        **atp,
     )
     log(f"wrote {len(written)} files to {out} ({time.perf_counter() - t0:.0f} s); see index.md")
     return written
@@ -241,13 +266,20 @@ def cmd_analyze(args) -> int:
     from .. import checks
     from ..data import DataSource
     from ..io import check_writable
+    from ..sae.sae import SAE
     from .common import model_from_args
 
     checks.integer("--max-prompts", args.max_prompts)
     checks.integer("--max-tokens", args.max_tokens)
+    checks.integer("--atp-top", args.atp_top)
+    for f in args.atp_sae:
+        if not (Path(f) / "cfg.json").is_file():
+            raise ValueError(f"--atp-sae {f}: not an SAE folder (no cfg.json)")
+    if args.atp_only and not args.atp:
+        raise ValueError("--atp-only needs --atp CLEAN CORRUPTED ANSWER WRONG")
     prompts = read_prompts(args.prompts) if args.prompts else None
     split = args.split or ("all" if args.data else "heldout")
-    texts = list(DataSource(args.data, split).check().documents())
+    texts = None if args.atp_only else list(DataSource(args.data, split).check().documents())
     try:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError:
@@ -264,5 +296,10 @@ def cmd_analyze(args) -> int:
         layers=layers,
         max_prompts=args.max_prompts,
         max_tokens=args.max_tokens,
+        atp=args.atp,
+        atp_direction=args.atp_direction,
+        atp_saes=[SAE.load(f) for f in args.atp_sae],
+        atp_top=args.atp_top,
+        atp_only=args.atp_only,
     )
     return 0
