@@ -297,3 +297,33 @@ def test_two_ranks_features_like_one(checkpoint_dir, tmp_path):
                 np.testing.assert_allclose(
                     y[k], x[k], rtol=1e-6, atol=1e-6, err_msg=f"{sub}/{f}/{k}"
                 )
+
+
+TRAIN_TRANSCODER = """
+import numpy as np
+from mlx_interp.sae.buffer import array_source
+from mlx_interp.sae.training import TrainConfig, train_sae
+rng = np.random.default_rng(0)
+x = (rng.standard_normal((8192, 24)) + 0.5).astype(np.float32)
+y = (np.maximum(x @ rng.standard_normal((24, 48)) / 5, 0) @ rng.standard_normal((48, 16)) / 7
+     + 2.0).astype(np.float32)
+tc = TrainConfig(architecture="batchtopk", d_sae=96, k=6, tokens=30 * 256, batch_size=256,
+                 lr=1e-3, init_rows=2048, buffer_rows=4096, log_every=10, skip_transcoder=True)
+train_sae(array_source({{"x": x, "y": y}}, chunk_rows=1024), [("x", "y")], None, tc, {out!r},
+          progress=False)
+"""
+
+
+def test_two_ranks_train_a_skip_transcoder_like_one(tmp_path):
+    """A BatchTopK skip transcoder on 2 ranks equals the 1-rank run (weights within 1e-5)."""
+    from safetensors.numpy import load_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    exec(TRAIN_TRANSCODER.format(out=str(one)), {})
+    r = launch(TRAIN_TRANSCODER.format(out=str(two)), tmp_path)
+    assert r.returncode == 0 and (two / "training.json").exists(), r.stderr[-2000:]
+    w1, w2 = (load_file(str(d / "x_to_y" / "sae_weights.safetensors")) for d in (one, two))
+    assert "W_skip" in w1
+    for k in w1:
+        err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
+        assert err < 1e-5, (k, err)
