@@ -30,7 +30,8 @@ def _weights(cfg, seed=0):
     return p
 
 
-CASES = [(a, s) for a in ("standard", "topk", "batchtopk", "jumprelu") for s in (False, True)]
+ARCHS = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
+CASES = [(a, s) for a in ARCHS for s in (False, True)]
 
 
 @pytest.mark.parametrize("arch,skip", CASES, ids=[f"{a}-{'skip' if s else 'plain'}" for a, s in CASES])  # fmt: skip

@@ -24,6 +24,7 @@ SAELENS_NAMES = {
     ("jumprelu", True): "jumprelu_skip_transcoder",
     ("batchtopk", False): "jumprelu_transcoder",  # as SAELens writes BatchTopK SAEs
     ("batchtopk", True): "jumprelu_skip_transcoder",
+    ("matryoshka_batchtopk", True): "jumprelu_skip_transcoder",
     ("topk", False): "topk_transcoder",  # SAELens 6.54 has no TopK transcoder
     ("topk", True): "topk_skip_transcoder",
 }
@@ -51,7 +52,7 @@ def _predict(p: dict, x: np.ndarray, arch: str, k: int | None = None) -> np.ndar
 
 @pytest.mark.parametrize("arch,skip", list(SAELENS_NAMES), ids=lambda v: str(v))
 def test_transcoder_file_round_trip(tmp_path, arch, skip):
-    cfg = _cfg(arch, skip, model_name="m", threshold=0.2 if arch == "batchtopk" else None)
+    cfg = _cfg(arch, skip, model_name="m", threshold=0.2 if "batchtopk" in arch else None)
     rng = np.random.default_rng(0)
     p = init_params(cfg, 0, data_sample=rng.standard_normal((40, D_OUT)))
     p = {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in p.items()}
