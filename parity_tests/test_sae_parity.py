@@ -96,6 +96,36 @@ def test_fused_topk_encoder_gradients_match_torch():
         assert err < SAE_TOL, f"gradient of {name}: {err:.2e}"
 
 
+def test_matryoshka_aux_per_prefix_matches_torch():
+    """Matryoshka's per-prefix AuxK (SAELens's use_matryoshka_aux_loss): loss and gradients
+    alike, with dead latents in two of the three blocks (more than k_aux in one, fewer in
+    the other), and different from the whole-dictionary AuxK."""
+    cfg = SAEConfig(d_in=24, d_sae=96, architecture="matryoshka_batchtopk", k=6,
+                    matryoshka_widths=[8, 32])  # fmt: skip
+    p = _weights(cfg)
+    p.pop("threshold")
+    x = np.random.default_rng(1).standard_normal((64, 24)).astype(np.float32)
+    dead = np.zeros(96, bool)
+    dead[[1, 5]] = True  # 2 of the first 8
+    dead[40::3] = True  # 19 of the last 64; k_aux = 12
+    kw = dict(dead_mask=dead, aux_coeff=0.5, matryoshka_aux=True)
+    lm, gm = mx.value_and_grad(
+        lambda q: loss_terms(q, mx.array(x), cfg, **{**kw, "dead_mask": mx.array(dead)})[0]
+    )({k: mx.array(v) for k, v in p.items()})
+    tq = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    lt, _ = tsae.forward_loss(
+        tq, torch.from_numpy(x), cfg, **{**kw, "dead_mask": torch.from_numpy(dead)}
+    )
+    lt.backward()
+    assert relative_error(lm, lt.detach().numpy()) < SAE_TOL
+    for name in p:
+        err = relative_error(gm[name], tq[name].grad.numpy())
+        assert err < SAE_TOL, f"gradient of {name}: {err:.2e}"
+    whole = loss_terms({k: mx.array(v) for k, v in p.items()}, mx.array(x), cfg,
+                       dead_mask=mx.array(dead), aux_coeff=0.5)[0]  # fmt: skip
+    assert abs(float(whole) - float(lm)) > 1e-3 * float(lm)
+
+
 def _data(n=40000, d=16, seed=0):
     rng = np.random.default_rng(seed)
     feats = rng.standard_normal((128, d))
@@ -157,6 +187,27 @@ def test_training_options_match(options, tmp_path):
         a = np.array([r["h"][key] for r in runs["mlx"]["log"]])
         b = np.array([r["h"][key] for r in runs["torch"]["log"]])
         assert relative_error(a, b) < CURVE_TOL, f"{key}: {relative_error(a, b):.2e}"
+    m, t = SAE.load(tmp_path / "mlx" / "h"), tsae.SAE.load(tmp_path / "torch" / "h")
+    for name in m.params:
+        assert relative_error(m.params[name], t.params[name].numpy()) < WEIGHT_TOL, name
+
+
+def test_matryoshka_aux_training_matches(tmp_path):
+    """A Matryoshka run with latents dying and the per-prefix AuxK: the same curves (each
+    prefix's explained variance too) and weights in both backends."""
+    data = _data(12000)
+    tc = TrainConfig(architecture="matryoshka_batchtopk", d_sae=512, k=2, matryoshka_aux=True,
+                     tokens=128 * 30, batch_size=128, lr=1e-3, log_every=10,
+                     checkpoint_every=1000, dead_tokens=256)  # fmt: skip
+    runs = {}
+    for be in ("mlx", "torch"):
+        runs[be] = train_sae(data, "h", 16, tc, tmp_path / be, backend=be, progress=False,
+                             warn=lambda m: None)  # fmt: skip
+    for key in ("loss", "mse", "explained_variance", "l0", "prefix_explained_variance"):
+        a = np.array([r["h"][key] for r in runs["mlx"]["log"]])
+        b = np.array([r["h"][key] for r in runs["torch"]["log"]])
+        assert relative_error(a, b) < CURVE_TOL, f"{key}: {relative_error(a, b):.2e}"
+    assert max(r["h"]["dead_fraction"] for r in runs["mlx"]["log"]) > 0  # AuxK was on
     m, t = SAE.load(tmp_path / "mlx" / "h"), tsae.SAE.load(tmp_path / "torch" / "h")
     for name in m.params:
         assert relative_error(m.params[name], t.params[name].numpy()) < WEIGHT_TOL, name

@@ -57,6 +57,8 @@ def test_widths_default_and_checks():
         TrainConfig(architecture=ARCH, matryoshka_widths=[8, 32], d_sae=16, k=4)
     with pytest.raises(ValueError, match="for --arch matryoshka_batchtopk, not topk"):
         TrainConfig(architecture="topk", matryoshka_widths=[8])
+    with pytest.raises(ValueError, match="matryoshka_aux is for --arch matryoshka_batchtopk"):
+        TrainConfig(architecture="batchtopk", matryoshka_aux=True)
 
 
 def test_loss_is_the_sum_of_the_prefix_mses():

@@ -95,7 +95,7 @@ def test_saelens_topk_training_output_loads_here(tmp_path, rescale):
     _saved_by_saelens_loaded_here(theirs, tmp_path, rtol=1e-5)
 
 
-def _saelens_matryoshka(rescale: bool, seed: int = 0):
+def _saelens_matryoshka(rescale: bool, seed: int = 0, per_level_aux: bool = False):
     from sae_lens.saes.matryoshka_batchtopk_sae import (
         MatryoshkaBatchTopKTrainingSAE,
         MatryoshkaBatchTopKTrainingSAEConfig,
@@ -103,7 +103,12 @@ def _saelens_matryoshka(rescale: bool, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = MatryoshkaBatchTopKTrainingSAEConfig(
-        d_in=16, d_sae=48, k=4, matryoshka_widths=[8, 24, 48], rescale_acts_by_decoder_norm=rescale
+        d_in=16,
+        d_sae=48,
+        k=4,
+        matryoshka_widths=[8, 24, 48],
+        rescale_acts_by_decoder_norm=rescale,
+        use_matryoshka_aux_loss=per_level_aux,
     )
     theirs = MatryoshkaBatchTopKTrainingSAE(cfg)
     with torch.no_grad():
@@ -169,23 +174,24 @@ def test_saelens_matryoshka_files_load_here(tmp_path, rescale):
             np.testing.assert_allclose(np.asarray(x_hat.tolist()), x_theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_matryoshka_training_loss_matches_saelens():
+@pytest.mark.parametrize("per_level_aux", [False, True])
+def test_matryoshka_training_loss_matches_saelens(per_level_aux):
     """SAELens's MatryoshkaBatchTopKTrainingSAE training loss (whole-dictionary MSE + every
     inner prefix's MSE + AuxK of the whole dictionary's residual over dead latents) equals
     ours on the same weights and batch, in both backends (SAELens's aux coefficient, 1, given
-    to ours)."""
+    to ours); with use_matryoshka_aux_loss, ours with matryoshka_aux (AuxK per prefix block)."""
     from sae_lens.saes.sae import TrainStepInput
 
     from mlx_interp.sae.sae import loss_terms
     from torch_ref.sae import forward_loss
 
-    theirs = _saelens_matryoshka(rescale=False, seed=3)
+    theirs = _saelens_matryoshka(rescale=False, seed=3, per_level_aux=per_level_aux)
     x = torch.randn(32, 16) * 2
     dead = torch.arange(48) % 3 == 0  # 16 dead latents, more than k_aux = d_in // 2
     # AuxK decodes the dead latents' relu(pre) here (as Gao et al. and EleutherAI's sae),
     # their raw pre-activations in SAELens: alike where those are positive, as made here
     with torch.no_grad():
-        theirs.b_enc[dead] += 5.0
+        theirs.b_enc[dead] += 10.0
     with torch.no_grad():
         out = theirs.training_forward_pass(
             TrainStepInput(
@@ -201,7 +207,7 @@ def test_matryoshka_training_loss_matches_saelens():
     cfg = SAEConfig(d_in=16, d_sae=48, architecture="matryoshka_batchtopk", k=4,
                     matryoshka_widths=[8, 24, 48])  # fmt: skip
     p = {k: theirs.state_dict()[k].numpy() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    kw = {"aux_coeff": theirs.cfg.aux_loss_coefficient}
+    kw = {"aux_coeff": theirs.cfg.aux_loss_coefficient, "matryoshka_aux": per_level_aux}
     ours, _ = loss_terms({k: mx.array(v) for k, v in p.items()}, mx.array(x.numpy()), cfg,
                          dead_mask=mx.array(dead.numpy()), **kw)  # fmt: skip
     ref, _ = forward_loss({k: torch.from_numpy(v) for k, v in p.items()}, x, cfg,

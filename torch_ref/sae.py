@@ -96,9 +96,10 @@ def forward_loss(
     aux_coeff: float = 1 / 32,
     bandwidth: float = 0.05,
     target: torch.Tensor | None = None,
+    matryoshka_aux: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Training loss (see mlx_interp.sae.sae.loss_terms for the definitions); ``target``:
-    what a transcoder predicts (None: x)."""
+    what a transcoder predicts (None: x); ``matryoshka_aux``: AuxK per prefix block."""
     y = x if target is None else target
     pre = encoder_pre(p, x, cfg)
     arch = cfg.architecture
@@ -135,6 +136,27 @@ def forward_loss(
         sparsity = StepFn.apply(pre, theta, bandwidth).sum(dim=-1).mean()
         loss = loss + sparsity_coeff * sparsity
         parts["sparsity"] = sparsity
+    elif dead_mask is not None and matryoshka_aux and arch == "matryoshka_batchtopk":
+        # one AuxK term per block of latents [start, w): its dead latents fit the residual of
+        # the prefix ending there
+        k_aux = min(aux_k or cfg.out_width // 2, cfg.d_sae)
+        aux = torch.zeros(())
+        start = 0
+        for w in cfg.matryoshka_widths:
+            n_dead = int(dead_mask[start:w].sum())
+            if n_dead > 0:
+                x_hat_w = f[:, :w] @ p["W_dec"][:w] + p["b_dec"]
+                if cfg.skip:
+                    x_hat_w = x_hat_w + x @ p["W_skip"].T
+                residual = (y - x_hat_w).detach()
+                block = torch.where(dead_mask[start:w], pre[:, start:w], -torch.inf)
+                top = torch.topk(block, min(k_aux, n_dead), dim=-1)
+                acts = torch.zeros_like(block).scatter(-1, top.indices, torch.relu(top.values))
+                term = ((acts @ p["W_dec"][start:w] - residual) ** 2).sum(dim=-1).mean()
+                aux = aux + min(n_dead / k_aux, 1.0) * term
+            start = w
+        loss = loss + aux_coeff * aux
+        parts["aux"] = aux
     elif dead_mask is not None:
         k_aux = min(aux_k or cfg.out_width // 2, cfg.d_sae)
         n_dead = int(dead_mask.sum())

@@ -54,6 +54,7 @@ class TorchBackend:
             dead_mask=dead,
             aux_k=tc.aux_k,
             aux_coeff=tc.aux_coeff,
+            matryoshka_aux=tc.matryoshka_aux,
             bandwidth=tc.jumprelu_bandwidth,
             target=target,
         )

@@ -288,6 +288,7 @@ def loss_terms(
     sparse_decode: bool = True,
     world_size: int = 1,
     target: mx.array | None = None,
+    matryoshka_aux: bool = False,
 ) -> tuple[mx.array, dict]:
     """The training loss of one batch and its parts; every term is a mean over the batch.
 
@@ -307,6 +308,10 @@ def loss_terms(
                + aux_coeff * min(n_dead / k_aux, 1) * mean_b sum_d (e_hat - e)^2 (AuxK)
                e = x - x_hat (no gradient), e_hat = the k_aux largest dead latents' relu(pre)
                decoded without b_dec (Gao et al. 2024); zero when no latent is dead
+               matryoshka_aux: instead one such term per prefix block [w_{m-1}, w_m), its
+               dead latents (at most k_aux) fitting that prefix's residual x - x_hat_m,
+               scaled by min(n_dead in the block / k_aux, 1); summed (SAELens's
+               use_matryoshka_aux_loss)
     jumprelu:  + sparsity_coeff * mean_b sum_i H(pre_i - theta_i)              (L0, STE)
     For jumprelu ``params`` holds ``log_threshold`` (theta = exp(log_threshold)).
     """
@@ -360,6 +365,17 @@ def loss_terms(
         sparsity = step(pre, theta).sum(axis=-1).mean()
         loss = loss + sparsity_coeff * sparsity
         parts["sparsity"] = sparsity
+    elif dead_mask is not None and matryoshka_aux and arch == "matryoshka_batchtopk":
+        aux, start = 0.0, 0
+        for w, xh in zip(cfg.matryoshka_widths, x_hats, strict=True):
+            block_dead = dead_mask[start:w]
+            acts = _auxk_acts(pre[:, start:w], block_dead, min(k_aux, w - start))
+            e = mx.stop_gradient(y - add_skip(params, xh, x))
+            term = ((acts @ params["W_dec"][start:w] - e) ** 2).sum(axis=-1).mean()
+            aux = aux + mx.minimum(block_dead.sum().astype(mx.float32) / k_aux, 1.0) * term
+            start = w
+        loss = loss + aux_coeff * aux
+        parts["aux"] = aux
     elif dead_mask is not None:
         if fused_aux:  # the k_aux chosen dead latents, laid out densely for one product
             aux_values, aux_idx = fused_aux
@@ -367,10 +383,7 @@ def loss_terms(
                 mx.zeros((x.shape[0], cfg.d_sae), aux_values.dtype), aux_idx, aux_values, axis=-1
             )
         else:
-            aux_pre = mx.stop_gradient(mx.where(dead_mask, pre, -mx.inf))
-            aux_top = mx.take_along_axis(aux_pre, topk_indices(aux_pre, k_aux), axis=-1)
-            kth = mx.min(aux_top, axis=-1, keepdims=True)
-            aux_acts = mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
+            aux_acts = _auxk_acts(pre, dead_mask, k_aux)
         e = mx.stop_gradient(y - x_hat)
         e_hat = aux_acts @ params["W_dec"]
         aux = ((e_hat - e) ** 2).sum(axis=-1).mean()
@@ -379,6 +392,15 @@ def loss_terms(
         parts["aux"] = aux
     parts["l0"] = l0
     return loss, {"x_hat": x_hat, "f": f, "pre": pre, **parts}
+
+
+def _auxk_acts(pre: mx.array, dead_mask: mx.array, k_aux: int) -> mx.array:
+    """AuxK's activations (batch, n): relu(pre) at each row's k_aux largest pre-activations
+    among the dead latents (all of them where a row has fewer), 0 elsewhere."""
+    aux_pre = mx.stop_gradient(mx.where(dead_mask, pre, -mx.inf))
+    aux_top = mx.take_along_axis(aux_pre, topk_indices(aux_pre, k_aux), axis=-1)
+    kth = mx.min(aux_top, axis=-1, keepdims=True)
+    return mx.where(dead_mask & (aux_pre >= kth), mx.maximum(pre, 0), 0)
 
 
 def renormalise_decoder(params: dict) -> dict:

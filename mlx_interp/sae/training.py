@@ -68,6 +68,11 @@ class TrainConfig:
         type=str,
         metavar="W1,W2,...",
     )
+    matryoshka_aux: bool = option(
+        False,
+        "matryoshka_batchtopk: AuxK per prefix block, on that prefix's residual "
+        "(SAELens's use_matryoshka_aux_loss)",
+    )
     tokens: int = option(1_000_000, "training tokens")
     batch_size: int = option(4096, "tokens per step")
     lr: float | None = option(
@@ -131,11 +136,17 @@ class TrainConfig:
         if self.matryoshka_widths is not None:
             if self.architecture != "matryoshka_batchtopk":
                 raise ValueError(
-                    f"matryoshka_widths is for --arch matryoshka_batchtopk, not {self.architecture}"
+                    "matryoshka_widths is for --arch matryoshka_batchtopk, not "
+                    f"{self.architecture or 'the default'}"
                 )
             self.matryoshka_widths = parse_matryoshka_widths(self.matryoshka_widths)
             if self.d_sae is not None:  # else checked in resolve, once d_sae is known
                 matryoshka_widths(self.matryoshka_widths, self.d_sae)
+        if self.matryoshka_aux and self.architecture != "matryoshka_batchtopk":
+            raise ValueError(
+                "matryoshka_aux is for --arch matryoshka_batchtopk, not "
+                f"{self.architecture or 'the default'}"
+            )
         self.tokens = c.integer("tokens", self.tokens)
         self.batch_size = c.integer("batch_size", self.batch_size)
         if self.tokens < self.batch_size:
@@ -315,6 +326,7 @@ class MLXBackend:
                     dead_mask=dead,
                     aux_k=tc.aux_k,
                     aux_coeff=tc.aux_coeff,
+                    matryoshka_aux=tc.matryoshka_aux,
                     bandwidth=tc.jumprelu_bandwidth,
                     sparse_decode=tc.sparse_decode,
                     world_size=n_ranks,
