@@ -182,6 +182,12 @@ def sae_section(r: Report) -> None:
                        ("ce_loss_recovered", "CE loss recovered"), ("kl_div", "KL(clean ‖ SAE), nats")]:  # fmt: skip
         if key in metrics:
             r.add(f"| {label} | {_fmt(metrics[key], 4)} |")
+    prefixes = metrics.get("matryoshka_prefixes")
+    if prefixes:  # a Matryoshka SAE: each nested dictionary on its own
+        r.add("", "Matryoshka prefixes (the first w latents alone):", "",
+              "| width | L0 | explained variance |", "| --- | --- | --- |")  # fmt: skip
+        for pr in prefixes:
+            r.add(f"| {pr['width']} | {_fmt(pr['l0'], 2)} | {_fmt(pr['explained_variance'], 4)} |")
     core = metrics.get("saebench")
     if core:  # SAEBench's core metrics, under SAEBench's names (mlx_interp.sae.metrics)
         r.add("", "SAEBench core metrics (Karvonen et al. 2025; definitions in "

@@ -5,6 +5,7 @@ JumpReLU SAE, as SAELens saves one), training, resume and eval-sae's per-prefix 
 from __future__ import annotations
 
 import json
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -178,6 +179,7 @@ def test_cli_train_and_eval(checkpoint_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "go past d_sae=64" in err and err.count("\n") == 1
     assert main(base + ["--matryoshka-widths", "8,32"]) == 0
+    assert "explained variance of each Matryoshka prefix (width: EV) 8: " in capsys.readouterr().out
     folder = tmp_path / "run" / "blocks.1.hook_resid_post"
     assert SAE.load(folder).cfg.matryoshka_widths == [8, 32, 64]
     capsys.readouterr()
@@ -190,3 +192,16 @@ def test_cli_train_and_eval(checkpoint_dir, tmp_path, capsys):
     assert prefixes[-1]["explained_variance"] == pytest.approx(m["explained_variance"])
     assert prefixes[-1]["l0"] == pytest.approx(m["l0"])
     assert prefixes[0]["l0"] <= prefixes[1]["l0"] <= prefixes[2]["l0"]
+    # the report shows the prefixes beside the other metrics
+    import shutil
+
+    from mlx_interp.report import build_report
+
+    run = tmp_path / "report_run"
+    (run / "sae").mkdir(parents=True)
+    shutil.copy(tmp_path / "run" / "training.json", run / "sae" / "training.json")
+    shutil.copytree(tmp_path / "ev", run / "sae_eval")
+    md = build_report(run, pdf=False).read_text()
+    assert "Matryoshka prefixes (the first w latents alone)" in md
+    ev8 = f"{prefixes[0]['explained_variance']:.4g}"
+    assert re.search(rf"\| 8 \| [0-9.]+ \| {ev8} \|", md)

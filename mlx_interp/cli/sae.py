@@ -145,6 +145,13 @@ def train_saes(
             f"{h}: L0 {f['l0']:.1f}  explained variance {f['explained_variance']:.3f}  "
             f"dead {f['dead_fraction']:.3f}  -> {info['folder']}"
         )
+        if "prefix_explained_variance" in f:  # Matryoshka: each prefix alone
+            widths = summary["train_config"][h]["matryoshka_widths"]
+            evs = ", ".join(
+                f"{w}: {ev:.3f}"
+                for w, ev in zip(widths, f["prefix_explained_variance"], strict=True)
+            )
+            log(f"{h}: explained variance of each Matryoshka prefix (width: EV) {evs}")
     tps = summary["log"][-1]["tokens_per_s"] if summary["log"] else 0
     log(f"{summary['tokens']} tokens in {summary['steps']} steps ({tps:.0f} tokens/s, {backend})")
     return summary
