@@ -38,11 +38,12 @@ def _close(a: dict, b: dict, what: str) -> None:
         assert relative_error(a[n], b[n]) < TOL, (what, n, relative_error(a[n], b[n]))
 
 
-@pytest.mark.parametrize("direction", ["noising", "denoising"])
-def test_scores_match_torch_ref(pair, tmp_path, direction):
+@pytest.mark.parametrize(("direction", "arch"), [("noising", "standard"), ("denoising", "topk")])
+def test_scores_match_torch_ref(pair, tmp_path, direction, arch):
     model, ref = pair
     hook = "blocks.1.hook_resid_post"
-    cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=96, architecture="standard", hook_name=hook)
+    k = 8 if arch == "topk" else None
+    cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=96, architecture=arch, k=k, hook_name=hook)
     SAE(cfg, seed=3).save(tmp_path / "sae")
     a = attribution_patching(model, CLEAN, CORRUPT, 3, 11, saes=[SAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
     b = torch_attribution(ref, CLEAN, CORRUPT, 3, 11, saes=[TorchSAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
@@ -97,3 +98,16 @@ def test_head_patching_matches_torch_ref(pair):
     assert a.patched_diff[1, 1] == pytest.approx(
         logits[0, -1, ids[0]] - logits[0, -1, ids[1]], rel=1e-5
     )
+
+
+def test_embedded_model_matches_torch_ref():
+    """SmolLM2 on the IOI prompts (massive activations, 30 layers): the two backends' AtP
+    scores of every hook point agree (measured: at most 7.3e-5, blocks.29.ln2)."""
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When John and Mary went to the store, Mary gave a drink to"
+    model, ref = load_model("smollm2-135m"), load_torch("smollm2-135m", dtype="float32")
+    a = attribution_patching(model, clean, corrupt, " Mary", " John")
+    b = torch_attribution(ref, clean, corrupt, " Mary", " John")
+    assert abs(a.clean_metric - b.clean_metric) < TOL * abs(b.clean_metric)
+    _close(a.scores, b.scores, "scores")
+    _close(a.neurons, b.neurons, "neurons")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.atp_vs_patching import IOI_CLEAN, IOI_CORRUPT, spearman
 from mlx_interp.analysis.attribution import attribution_patching, logit_diff_metric
 from mlx_interp.analysis.interventions import activation_patching, head_patching
 from mlx_interp.cli import main
@@ -106,30 +107,15 @@ def test_analyze_atp_writes_heatmaps_and_table(checkpoint_dir, tmp_path, capsys)
 
 
 # ------------------------------------------------------- the real model: AtP vs patching
-IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
-IOI_CORRUPT = "When John and Mary went to the store, Mary gave a drink to"  # names swapped
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation (ties get their mean rank)."""
-
-    def rank(x):
-        x = np.asarray(x, np.float64).ravel()
-        _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-        mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
-        return mean_rank[inv]
-
-    return float(np.corrcoef(rank(a), rank(b))[0, 1])
 
 
 def test_atp_ranks_components_as_patching_does_on_smollm2():
     """Noising on the IOI prompt: AtP against real patching (the corrupted activation
     patched into the clean run), per position of the attention and MLP outputs of layers
     10 and 20, and every head of layers 0, 10 and 20 (hook_z, all positions), to keep the test
-    short. Measured on every layer (README): heads 0.988; attn_out 0.941; mlp_out 0.888,
-    0.60 on layers 0-4, whose MLPs act as part of the token embedding: patching a name's
-    MLP output there changes the metric far beyond first order (layer 0 at ' John':
-    patching -11.6, AtP -0.8). resid_pre 0.78: it swaps whole token embeddings."""
+    short. Measured on every layer (README, benchmarks/atp_vs_patching.py): heads 0.988,
+    attn_out 0.941, mlp_out 0.888 (0.60 on layers 0-4, whose MLPs act as part of the token
+    embedding), resid_pre 0.844 (0.62 on layers 0-4: it carries the token itself)."""
     from mlx_interp import load_model
 
     model = load_model("smollm2-135m")

@@ -2,10 +2,12 @@
 
 ``measures`` computes (residual norms, top neurons, token and word-group similarity,
 positional effects, the logit lens); ``plots`` draws a measure and writes its numbers beside
-the figure; ``interventions`` ablates, patches and steers; ``run`` does all of them for
+the figure; ``interventions`` ablates, patches and steers; ``attribution`` estimates
+patching for every component at once (AtP); ``run`` does all of them for
 ``mlx-interp analyze``.
 """
 
+from .attribution import AttributionResult, attribution_patching
 from .measures import (
     DEFAULT_GROUPS,
     DEFAULT_TEMPLATES,
@@ -33,6 +35,7 @@ from .measures import (
 from .run import run_all
 
 __all__ = [
+    "AttributionResult",
     "DEFAULT_GROUPS",
     "DEFAULT_TEMPLATES",
     "MASSIVE_FACTOR",
@@ -43,6 +46,7 @@ __all__ = [
     "SameTokenPositions",
     "SemanticSimilarity",
     "TokenSimilarity",
+    "attribution_patching",
     "cosine_matrix",
     "layer_labels",
     "logit_lens",

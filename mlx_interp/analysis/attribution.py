@@ -141,6 +141,13 @@ class AttributionResult:
         return rows
 
 
+def _label(tokenizer, token) -> str | None:
+    """The answer as a string (a token id decoded), None without one."""
+    if token is None or isinstance(token, str):
+        return token
+    return tokenizer.decode([int(token)]) if tokenizer is not None else str(token)
+
+
 def _layer(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blocks.") else None
 
@@ -149,17 +156,13 @@ def logit_diff_metric(answer_id: int, wrong_id: int) -> Callable:
     """logits (batch, pos, d_vocab) -> logit[answer] - logit[wrong] at the last position,
     mean over the batch (a scalar, float32)."""
 
+    import mlx.core as mx
+
     def metric(logits):
-        last = logits[:, -1].astype(_mx().float32)
+        last = logits[:, -1].astype(mx.float32)
         return (last[:, answer_id] - last[:, wrong_id]).mean()
 
     return metric
-
-
-def _mx():
-    import mlx.core as mx
-
-    return mx
 
 
 def resolve_answers(model, answer, wrong) -> tuple[int, int]:
@@ -333,8 +336,8 @@ def attribution_patching(
     ids = np.asarray(clean_tok)[0].tolist()
     return AttributionResult(
         str_tokens=[tok.decode([i]) for i in ids] if tok is not None else [str(i) for i in ids],
-        answer=answer if isinstance(answer, str) else None,
-        wrong=wrong if isinstance(wrong, str) else None,
+        answer=_label(tok, answer),
+        wrong=_label(tok, wrong),
         direction=direction,
         clean_metric=clean_v,
         corrupted_metric=corr_v,
