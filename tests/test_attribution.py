@@ -132,3 +132,21 @@ def test_atp_ranks_components_as_patching_does_on_smollm2():
     layers = [0, 10, 20]
     h = head_patching(model, IOI_CORRUPT, IOI_CLEAN, " Mary", " John", layers)
     assert spearman(ar.heads()[layers], h.patched_diff - h.corrupted_diff) > 0.9
+
+
+def test_run_all_adds_the_atp_section_to_every_analysis(gpt2, tmp_path):
+    """GPT-2 (learned positions, LayerNorm, a bias everywhere) through the whole analyze
+    run with the AtP section, denoising."""
+    from mlx_interp.analysis import run_all
+
+    texts = ["The quick brown fox jumps over the lazy dog."] * 8
+    written = run_all(gpt2, ["The quick brown fox"], tmp_path, texts, max_tokens=256,
+                      log=lambda s: None, atp=(CLEAN, CORRUPT, " Paris", " Rome"),
+                      atp_direction="denoising", atp_top=3)  # fmt: skip
+    names = {p.name for p in written}
+    assert {"atp_hooks.png", "atp_heads.png", "atp_top.md", "p0_logit_lens.png"} <= names
+    index = (tmp_path / "index.md").read_text()
+    assert "# Attribution patching" in index and "denoising" in index and "Logit lens" in index
+    with pytest.raises(ValueError, match="four texts"):
+        run_all(gpt2, ["x"], tmp_path / "b", texts, atp=(CLEAN, CORRUPT, " Paris"))
+    assert not (tmp_path / "b").exists()
