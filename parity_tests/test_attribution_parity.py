@@ -45,8 +45,13 @@ def test_scores_match_torch_ref(pair, tmp_path, direction, arch):
     k = 8 if arch == "topk" else None
     cfg = SAEConfig(d_in=model.cfg.d_model, d_sae=96, architecture=arch, k=k, hook_name=hook)
     SAE(cfg, seed=3).save(tmp_path / "sae")
-    a = attribution_patching(model, CLEAN, CORRUPT, 3, 11, saes=[SAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
-    b = torch_attribution(ref, CLEAN, CORRUPT, 3, 11, saes=[TorchSAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
+    # TopK: two prompt pairs with an answer each (scores summed over the pairs).
+    clean, corrupt, ans, wrong = (
+        ([CLEAN, CLEAN[::-1]], [CORRUPT, CORRUPT[::-1]], [3, 4], [11, 12]) if arch == "topk"
+        else (CLEAN, CORRUPT, 3, 11)
+    )  # fmt: skip
+    a = attribution_patching(model, clean, corrupt, ans, wrong, saes=[SAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
+    b = torch_attribution(ref, clean, corrupt, ans, wrong, saes=[TorchSAE.load(tmp_path / "sae")], direction=direction)  # fmt: skip
     assert relative_error([a.clean_metric, a.corrupted_metric], [b.clean_metric, b.corrupted_metric]) < TOL  # fmt: skip
     assert set(a.scores) == set(model.hook_names)
     _close(a.scores, b.scores, "scores")

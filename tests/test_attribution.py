@@ -61,6 +61,21 @@ def test_restricted_hooks_and_denoising(llama):
     np.testing.assert_allclose(own.scores[hooks[0]], 2 * full.scores[hooks[0]], rtol=1e-4)
 
 
+def test_prompt_pairs_average(llama):
+    """Several pairs: the metric is their mean, so a score is the mean of each pair's."""
+    other = ("The capital of Italy is", "The capital of France is")
+    one = attribution_patching(llama, CLEAN, CORRUPT, " Paris", " Rome")
+    two = attribution_patching(llama, *other, " Rome", " Paris")
+    both = attribution_patching(llama, [CLEAN, other[0]], [CORRUPT, other[1]], [" Paris", " Rome"], [" Rome", " Paris"])  # fmt: skip
+    assert both.clean_metric == pytest.approx((one.clean_metric + two.clean_metric) / 2, rel=1e-5)
+    for h in ("blocks.1.hook_resid_pre", "blocks.2.attn.hook_pattern"):
+        np.testing.assert_allclose(both.scores[h], (one.scores[h] + two.scores[h]) / 2, rtol=1e-4, atol=1e-7)  # fmt: skip
+    with pytest.raises(ValueError, match="one per pair"):
+        attribution_patching(llama, [CLEAN, other[0]], [CORRUPT, other[1]], [" Paris"], " Rome")
+    with pytest.raises(ValueError, match="give pairs"):
+        attribution_patching(llama, [CLEAN, other[0]], CORRUPT, " Paris", " Rome")
+
+
 def test_bad_input_is_one_line(llama):
     with pytest.raises(ValueError, match="same number of tokens"):
         attribution_patching(llama, CLEAN, "The capital of the United Kingdom is", " Paris", " Rome")  # fmt: skip

@@ -25,7 +25,7 @@ PATTERN_HOOKS = ("attn.hook_attn_scores", "attn.hook_pattern")
 
 @dataclass
 class Attribution:
-    """Scores as in mlx_interp's AttributionResult (numpy, batch row 0)."""
+    """Scores as in mlx_interp's AttributionResult (numpy, summed over the prompt pairs)."""
 
     direction: str
     clean_metric: float
@@ -37,8 +37,8 @@ class Attribution:
 
 
 def _one_token(tokenizer, s) -> int:
-    if isinstance(s, int):
-        return s
+    if isinstance(s, (int, np.integer)):
+        return int(s)
     ids = tokenizer.encode(s, add_special_tokens=False)
     if len(ids) != 1:
         raise ValueError(f"{s!r} is {len(ids)} tokens, not one")
@@ -46,8 +46,11 @@ def _one_token(tokenizer, s) -> int:
 
 
 def _tokens(model, x) -> torch.Tensor:
-    if isinstance(x, str):
-        return model.to_tokens(x)
+    if isinstance(x, str) or (isinstance(x, (list, tuple)) and isinstance(x[0], str)):
+        tokens, mask = model.tokenize(x)
+        if not bool(mask.all()):
+            raise ValueError("every prompt must have the same number of tokens")
+        return tokens
     t = torch.as_tensor(np.asarray(x), dtype=torch.long, device=model.device)
     return t[None] if t.ndim == 1 else t
 
@@ -69,15 +72,23 @@ def attribution_patching(
     default logit[answer] - logit[wrong] at the last position."""
     if direction not in ("noising", "denoising"):
         raise ValueError(f"direction {direction!r} is not 'noising' or 'denoising'")
-    if metric is None:
-        a, w = _one_token(model.tokenizer, answer), _one_token(model.tokenizer, wrong)
-
-        def metric(logits):
-            return (logits[:, -1, a].float() - logits[:, -1, w].float()).mean()
-
     clean_tok, corr_tok = _tokens(model, clean), _tokens(model, corrupted)
     if clean_tok.shape != corr_tok.shape:
         raise ValueError("clean and corrupted prompts must have the same number of tokens")
+    if metric is None:
+        b = clean_tok.shape[0]
+
+        def ids(x):  # one token for every pair, or one per pair
+            xs = [x] * b if isinstance(x, (str, int, np.integer)) else list(x)
+            return torch.tensor([_one_token(model.tokenizer, t) for t in xs])
+
+        a, w = ids(answer), ids(wrong)
+
+        def metric(logits):
+            last = logits[:, -1].float()
+            rows = torch.arange(last.shape[0])
+            return (last[rows, a] - last[rows, w]).mean()
+
     sae_at = {s.cfg.hook_name: s for s in saes}
     wanted = set(select_names(hooks, model.hook_names)) | set(sae_at)
     names = [n for n in model.hook_names if n in wanted]
@@ -110,7 +121,7 @@ def attribution_patching(
     scores, neurons, features, sae_error = {}, {}, {}, {}
     for n in names:
         delta = src[n].double() - kept[n].detach().double()
-        prod = torch.nan_to_num(delta * grad[n].double(), nan=0.0)[0]
+        prod = torch.nan_to_num(delta * grad[n].double(), nan=0.0).sum(0)
         if n.endswith(PATTERN_HOOKS):
             scores[n] = prod.numpy()
         else:
@@ -124,9 +135,9 @@ def attribution_patching(
         g = grad[h].reshape(b, p, -1).double()
         fs, fb = sae.encode(xs), sae.encode(xb)
         g_f = g @ sae.params["W_dec"].double().T  # d metric / d latent
-        features[h] = ((fs - fb).double() * g_f)[0].numpy()
+        features[h] = ((fs - fb).double() * g_f).sum(0).numpy()
         es, eb = xs - sae.decode(fs), xb - sae.decode(fb)
-        sae_error[h] = ((es - eb).double() * g).sum(-1)[0].numpy()
+        sae_error[h] = ((es - eb).double() * g).sum(-1).sum(0).numpy()
     base_value = float(value.detach())
     clean_v, corr_v = (base_value, src_value) if direction == "noising" else (src_value, base_value)
     return Attribution(direction, clean_v, corr_v, scores, neurons, features, sae_error)

@@ -45,7 +45,9 @@ _TABLE_HOOKS = (".hook_resid_pre", ".hook_attn_out", ".hook_mlp_out")
 
 @dataclass
 class AttributionResult:
-    """AtP scores, in metric units (logits for the default metric), batch row 0.
+    """AtP scores, in metric units (logits for the default metric), summed over the batch
+    of prompt pairs (the metric is the batch mean, so a score estimates patching that
+    component in every pair at once).
 
     ``scores[hook]``: (pos,) for (batch, pos, d) hooks, summed over d; (pos, n_heads) for
     per-head hooks (q, k, v, rot_q, rot_k, z), summed over d_head; (n_heads, query_pos,
@@ -55,7 +57,7 @@ class AttributionResult:
     "denoising"; a score estimates m(base with that component patched) - m(base).
     """
 
-    str_tokens: list[str]  # the clean prompt's tokens
+    str_tokens: list[str]  # the (first) clean prompt's tokens
     answer: str | None
     wrong: str | None
     direction: str
@@ -142,9 +144,11 @@ class AttributionResult:
 
 
 def _label(tokenizer, token) -> str | None:
-    """The answer as a string (a token id decoded), None without one."""
+    """The answer as a string (a token id decoded; several joined by '/'), None without one."""
     if token is None or isinstance(token, str):
         return token
+    if not isinstance(token, (int, np.integer)):
+        return "/".join(_label(tokenizer, t) for t in token)
     return tokenizer.decode([int(token)]) if tokenizer is not None else str(token)
 
 
@@ -152,28 +156,39 @@ def _layer(name: str) -> int | None:
     return int(name.split(".")[1]) if name.startswith("blocks.") else None
 
 
-def logit_diff_metric(answer_id: int, wrong_id: int) -> Callable:
+def logit_diff_metric(answer_id, wrong_id) -> Callable:
     """logits (batch, pos, d_vocab) -> logit[answer] - logit[wrong] at the last position,
-    mean over the batch (a scalar, float32)."""
+    mean over the batch (a scalar, float32). Each id is an int or one per batch row."""
 
     import mlx.core as mx
 
     def metric(logits):
         last = logits[:, -1].astype(mx.float32)
-        return (last[:, answer_id] - last[:, wrong_id]).mean()
+        rows = mx.arange(last.shape[0])
+        a, w = (mx.broadcast_to(mx.array(i), rows.shape) for i in (answer_id, wrong_id))
+        return (last[rows, a] - last[rows, w]).mean()
 
     return metric
 
 
-def resolve_answers(model, answer, wrong) -> tuple[int, int]:
-    """Token ids of the answer and wrong strings (each exactly one token) or ids."""
+def resolve_answers(model, answer, wrong, n_rows: int = 1) -> tuple[list[int], list[int]]:
+    """Token ids of the answer and wrong tokens, one per row: each a string that is one
+    token (' Mary'), an id, or a list of those with one per prompt pair."""
     from ..activations import resolve_token
 
     if answer is None or wrong is None:
         raise ValueError(
             "give both answer and wrong tokens for the logit-difference metric, or a metric"
         )
-    return resolve_token(model.tokenizer, answer), resolve_token(model.tokenizer, wrong)
+    out = []
+    for what, x in (("answer", answer), ("wrong", wrong)):
+        xs = [x] * n_rows if isinstance(x, (str, int, np.integer)) else list(x)
+        if len(xs) != n_rows:
+            raise ValueError(
+                f"{len(xs)} {what} tokens for {n_rows} prompt pairs; give one per pair"
+            )
+        out.append([resolve_token(model.tokenizer, t) for t in xs])
+    return out[0], out[1]
 
 
 def _sae_input(x, d_in: int, hook: str):
@@ -210,12 +225,18 @@ def check_saes(model, saes) -> dict[str, object]:
 
 
 def prompt_pair(model: HookedModel, clean, corrupted):
-    """(clean, corrupted) as (1, pos) token arrays; one-line errors unless both are one
-    prompt of the same number of tokens."""
-    clean_tok, _ = model._prepare(clean, None, None)
-    corr_tok, _ = model._prepare(corrupted, None, None)
-    if clean_tok.shape[0] != 1 or corr_tok.shape[0] != 1:
-        raise ValueError("give one clean and one corrupted prompt")
+    """(clean, corrupted) as (batch, pos) token arrays, from a text (or token ids) each or
+    lists of them; one-line errors unless every prompt has the same number of tokens."""
+    clean_tok, cmask = model._prepare(clean, None, None)
+    corr_tok, xmask = model._prepare(corrupted, None, None)
+    if cmask is not None or xmask is not None:
+        raise ValueError(
+            "every clean and corrupted prompt must have the same number of tokens (no padding)"
+        )
+    if clean_tok.shape[0] != corr_tok.shape[0]:
+        raise ValueError(
+            f"{clean_tok.shape[0]} clean and {corr_tok.shape[0]} corrupted prompts; give pairs"
+        )
     if clean_tok.shape != corr_tok.shape:
         c, x = (model.to_str_tokens(t) if isinstance(t, str) else None for t in (clean, corrupted))
         shown = f": {c} vs {x}" if c and x else ""
@@ -255,9 +276,10 @@ def attribution_patching(
 ) -> AttributionResult:
     """AtP scores of every hook point, attention head, MLP neuron and SAE latent.
 
-    clean, corrupted: texts (or token ids) of the same number of tokens, one prompt each.
-    answer, wrong: one token each (' Mary'), for the default metric logit(answer) -
-    logit(wrong) at the last position; or ``metric``: logits (batch, pos, d_vocab) mx.array
+    clean, corrupted: texts (or token ids) of the same number of tokens, or lists of them
+    (prompt pairs, all of one length; scores are summed over the pairs). answer, wrong: one
+    token each (' Mary'), or one per pair, for the default metric logit(answer) -
+    logit(wrong) at the last position, averaged over pairs; or ``metric``: logits (batch, pos, d_vocab) mx.array
     -> scalar mx.array. hooks: a names_filter (None: every hook point). saes: MLX SAE
     objects (or {hook: SAE}), spliced in at their hooks with the error term kept.
     direction: 'noising' (gradient at the clean run, patching corrupted in) or 'denoising'
@@ -269,9 +291,9 @@ def attribution_patching(
 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
-    if metric is None:
-        metric = logit_diff_metric(*resolve_answers(model, answer, wrong))
     clean_tok, corr_tok = prompt_pair(model, clean, corrupted)
+    if metric is None:
+        metric = logit_diff_metric(*resolve_answers(model, answer, wrong, clean_tok.shape[0]))
     sae_at = check_saes(model, saes)
     names = select_names(hooks, model.hook_names)
     names = [n for n in model.hook_names if n in set(names) | set(sae_at)]
@@ -315,7 +337,7 @@ def attribution_patching(
     for n in names:
         delta = src[n].astype(mx.float32) - base[n].astype(mx.float32)
         prod = delta * grads["hooks"][n].astype(mx.float32)
-        prod = mx.where(mx.isnan(prod), 0.0, prod)[0]  # -inf - -inf at masked scores
+        prod = mx.where(mx.isnan(prod), 0.0, prod).sum(0)  # -inf - -inf at masked scores
         if n.endswith(_PATTERN_HOOKS):
             scores[n] = prod
         else:
@@ -323,11 +345,11 @@ def attribution_patching(
             if n.endswith("mlp.hook_post"):
                 neurons[n] = prod
     for h, sae in sae_at.items():
-        features[h] = ((src_feats[h] - base_feats[h]) * grads["saes"][h])[0]
+        features[h] = ((src_feats[h] - base_feats[h]) * grads["saes"][h]).sum(0)
         err = [_sae_input(a[h], sae.cfg.d_in, h).astype(mx.float32) for a in (src, base)]
         err = [e - sae.decode(f) for e, f in zip(err, (src_feats[h], base_feats[h]), strict=True)]
         g = _sae_input(grads["hooks"][h], sae.cfg.d_in, h).astype(mx.float32)
-        sae_error[h] = ((err[0] - err[1]) * g).sum(-1)[0]
+        sae_error[h] = ((err[0] - err[1]) * g).sum(-1).sum(0)
     src_value = metric(src_logits)
     mx.eval(value, src_value, scores, neurons, features, sae_error)
     base_v, src_v = float(value.item()), float(src_value.item())
