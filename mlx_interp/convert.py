@@ -13,6 +13,7 @@ converts in a few GB (never its 32 GB of float32).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -135,7 +136,8 @@ def convert(
             f"convert supports Llama-family models only; {source} is "
             f"{config.get('model_type')!r}: load it directly, without convert or --quantize"
         )
-    args = arch.ModelArgs.from_hf_config(config)
+    # The checkpoint's own layers (no fused projections): one model tensor per stored one.
+    args = dataclasses.replace(arch.ModelArgs.from_hf_config(config), fuse_projections=False)
     model = arch.Model(args)  # the structure only: its random parameters are never evaluated
     if quantize is not None:
         predicate = quantized.on_load_predicate(group_size, quantize)

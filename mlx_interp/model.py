@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -440,6 +441,9 @@ def load_model(
             f"{config.get('model_type')!r}: load it without quantize / --quantize"
         )
     args = arch.ModelArgs.from_hf_config(config)
+    if stored is not None or quantize is not None:
+        # Quantized layers stay as stored (mlx-lm's names, per-layer settings): no fusion.
+        args = dataclasses.replace(args, fuse_projections=False)
     model = arch.Model(args)
     weights = arch.Model.sanitize(read_weights(folder), args)
     if stored is None and quantize is None:

@@ -44,7 +44,9 @@ def test_parity_fails_over_tolerance_and_names_the_first_divergence(
     folder = checkpoint_dir("llama-mha-tied")
     model = load_model(folder)
     mlp = model.model.blocks[1].mlp
-    mlp.up_proj.weight = mlp.up_proj.weight * 1.01
+    d_mlp = mlp.down_proj.weight.shape[1]  # gate_up_proj: the gate rows, then the up rows
+    w = mlp.gate_up_proj.weight
+    mlp.gate_up_proj.weight = mx.concatenate([w[:d_mlp], w[d_mlp:] * 1.01])
     mx.eval(model.model.parameters())
     report = compare_backends(str(folder), "The quick brown fox", mlx_model=model)
     assert not report.ok

@@ -29,6 +29,9 @@ class ModelArgs:
     attention_bias: bool = False
     mlp_bias: bool = False
     architecture: str = "llama"
+    # q/k/v as one product and gate/up as one (weights concatenated by sanitize): fewer,
+    # larger matrix products. False keeps the checkpoint's separate layers (quantized models).
+    fuse_projections: bool = True
 
     @classmethod
     def from_hf_config(cls, c: dict) -> ModelArgs:
@@ -127,9 +130,14 @@ class Attention(AttentionHooks):
         self.n_heads, self.n_kv_heads, self.d_head = args.n_heads, args.n_kv_heads, args.d_head
         self.scale = args.d_head**-0.5
         bias = args.attention_bias
-        self.q_proj = nn.Linear(args.d_model, args.n_heads * args.d_head, bias=bias)
-        self.k_proj = nn.Linear(args.d_model, args.n_kv_heads * args.d_head, bias=bias)
-        self.v_proj = nn.Linear(args.d_model, args.n_kv_heads * args.d_head, bias=bias)
+        n_q, n_kv = args.n_heads * args.d_head, args.n_kv_heads * args.d_head
+        self.fused = args.fuse_projections
+        if self.fused:  # rows: q, then k, then v (see fuse_projections)
+            self.qkv_proj = nn.Linear(args.d_model, n_q + 2 * n_kv, bias=bias)
+        else:
+            self.q_proj = nn.Linear(args.d_model, n_q, bias=bias)
+            self.k_proj = nn.Linear(args.d_model, n_kv, bias=bias)
+            self.v_proj = nn.Linear(args.d_model, n_kv, bias=bias)
         self.o_proj = nn.Linear(args.n_heads * args.d_head, args.d_model, bias=bias)
         self.rope = RoPE(args)
         self.hook_rot_q = HookPoint()  # (batch, pos, n_heads, d_head), after rotary
@@ -137,9 +145,14 @@ class Attention(AttentionHooks):
 
     def __call__(self, x: mx.array, mask: mx.array | None, positions: mx.array | None):
         B, L, _ = x.shape
-        q = self.hook_q(self.q_proj(x).reshape(B, L, self.n_heads, self.d_head))
-        k = self.hook_k(self.k_proj(x).reshape(B, L, self.n_kv_heads, self.d_head))
-        v = self.hook_v(self.v_proj(x).reshape(B, L, self.n_kv_heads, self.d_head))
+        if self.fused:
+            n_q, n_kv = self.n_heads * self.d_head, self.n_kv_heads * self.d_head
+            q, k, v = mx.split(self.qkv_proj(x), [n_q, n_q + n_kv], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = self.hook_q(q.reshape(B, L, self.n_heads, self.d_head))
+        k = self.hook_k(k.reshape(B, L, self.n_kv_heads, self.d_head))
+        v = self.hook_v(v.reshape(B, L, self.n_kv_heads, self.d_head))
         # Rotary works on (batch, heads, pos, d_head); the hooks see (batch, pos, heads, d_head).
         q = self.rope(q.transpose(0, 2, 1, 3), positions)
         k = self.rope(k.transpose(0, 2, 1, 3), positions)
@@ -152,16 +165,23 @@ class Attention(AttentionHooks):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
-        self.up_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
+        self.fused = args.fuse_projections
+        if self.fused:  # rows: gate, then up (see fuse_projections)
+            self.gate_up_proj = nn.Linear(args.d_model, 2 * args.d_mlp, bias=args.mlp_bias)
+        else:
+            self.gate_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
+            self.up_proj = nn.Linear(args.d_model, args.d_mlp, bias=args.mlp_bias)
         self.down_proj = nn.Linear(args.d_mlp, args.d_model, bias=args.mlp_bias)
         self.hook_pre = HookPoint()  # gate projection, before the activation
         self.hook_pre_linear = HookPoint()  # up projection
         self.hook_post = HookPoint()  # silu(gate) * up
 
     def __call__(self, x: mx.array) -> mx.array:
-        gate = self.hook_pre(self.gate_proj(x))
-        up = self.hook_pre_linear(self.up_proj(x))
+        if self.fused:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = self.hook_pre(gate), self.hook_pre_linear(up)
         return self.down_proj(self.hook_post(nn.silu(gate) * up))
 
 
@@ -219,7 +239,8 @@ class Model(nn.Module):
 
     @staticmethod
     def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-        """Hugging Face LlamaForCausalLM names (also mlx-lm's) -> this module's names."""
+        """Hugging Face LlamaForCausalLM names (also mlx-lm's) -> this module's names, the
+        projections fused when ``args.fuse_projections``."""
         out = {}
         for name, w in weights.items():
             if "rotary_emb" in name:
@@ -227,7 +248,31 @@ class Model(nn.Module):
             if name.startswith("lm_head.") and args.tie_word_embeddings:
                 continue
             out[rename_hf(name)] = w
-        return out
+        return fuse_projections(out, args.n_layers) if args.fuse_projections else out
+
+
+# fused layer -> its parts, in the order of the fused weight's rows
+FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
+
+
+def fuse_projections(weights: dict[str, mx.array], n_layers: int) -> dict[str, mx.array]:
+    """Concatenate each block's q/k/v and gate/up weights (and biases) along the output
+    dimension, (out_i, d_model) -> (sum out_i, d_model): one product gives the same values
+    as the separate ones. Parts that are missing or do not stack stay as they are, so the
+    loader names them in its error."""
+    out = dict(weights)
+    for i in range(n_layers):
+        for fused, parts in FUSED.items():
+            for leaf in ("weight", "bias"):
+                names = [f"blocks.{i}.{p}.{leaf}" for p in parts]
+                ws = [out.get(n) for n in names]
+                if any(w is None for w in ws) or len({(w.shape[1:], w.dtype) for w in ws}) != 1:
+                    continue
+                for n in names:
+                    del out[n]
+                out[f"blocks.{i}.{fused}.{leaf}"] = mx.concatenate(ws, axis=0)
+    return out
 
 
 _RENAMES = [
