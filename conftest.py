@@ -11,6 +11,7 @@ far from uniform, which is what makes a wrong mask or a missing rotary embedding
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,17 @@ def checkpoint_dir(tmp_path_factory):
         return made[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    """300 blank-line separated documents of 50 random words: data for the CLI tests."""
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while sparse features read text".split()
+    docs = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(300)]
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("\n\n".join(docs))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
 from mlx_interp.cli import main
 from mlx_interp.data import is_heldout
 from mlx_interp.sae import SAE
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while sparse features read text".split()
-    docs = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(300)]
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text("\n\n".join(docs))
-    return path
 
 
 def test_train_then_eval(checkpoint_dir, text_file, tmp_path, capsys):

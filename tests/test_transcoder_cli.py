@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -14,16 +13,6 @@ from mlx_interp.sae import SAE
 L = 1
 HOOK_IN, HOOK_OUT, HOOK_POST = (f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out",
                                 f"blocks.{L}.mlp.hook_post")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while sparse features read text".split()
-    docs = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(200)]
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text("\n\n".join(docs))
-    return path
 
 
 def test_train_and_eval_transcoders(checkpoint_dir, text_file, tmp_path, capsys):

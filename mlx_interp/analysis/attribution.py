@@ -74,33 +74,27 @@ class AttributionResult:
     def base_metric(self) -> float:
         return self.clean_metric if self.direction == "noising" else self.corrupted_metric
 
+    def _per_layer(self, hook: str) -> list[np.ndarray]:
+        """``blocks.{L}.{hook}``'s scores for every layer, in order."""
+        missing = [f"blocks.{L}.{hook}" for L in range(self.n_layers) if f"blocks.{L}.{hook}" not in self.scores]  # fmt: skip
+        if missing:
+            raise KeyError(f"{missing[0]} was not attributed; pass it (or None) in hooks")
+        return [self.scores[f"blocks.{L}.{hook}"] for L in range(self.n_layers)]
+
     def layer_pos(self, hook: str = "hook_resid_pre") -> np.ndarray:
         """(n_layers, pos): ``blocks.{L}.{hook}`` per layer and position (heads summed)."""
-        rows = []
-        for layer in range(self.n_layers):
-            name = f"blocks.{layer}.{hook}"
-            if name not in self.scores:
-                raise KeyError(f"{name} was not attributed; pass it (or None) in hooks")
-            s = self.scores[name]
-            if hook.endswith(_PATTERN_HOOKS):
-                raise ValueError(f"{hook} has (head, query, key) scores, not positions")
-            rows.append(s.sum(-1) if s.ndim == 2 else s)
-        return np.stack(rows)
+        if hook.endswith(_PATTERN_HOOKS):
+            raise ValueError(f"{hook} has (head, query, key) scores, not positions")
+        return np.stack([s.sum(-1) if s.ndim == 2 else s for s in self._per_layer(hook)])
 
     def heads(self, hook: str = "attn.hook_z", per_position: bool = False) -> np.ndarray:
         """(n_layers, n_heads) for patching a head's ``hook`` at every position
         ((n_layers, pos, n_heads) with per_position)."""
-        rows = []
-        for layer in range(self.n_layers):
-            name = f"blocks.{layer}.{hook}"
-            if name not in self.scores:
-                raise KeyError(f"{name} was not attributed; pass it (or None) in hooks")
-            s = self.scores[name]
-            if hook.endswith(_PATTERN_HOOKS):
-                rows.append(s.sum((1, 2)) if not per_position else s.sum(2).T)
-            else:
-                rows.append(s if per_position else s.sum(0))
-        return np.stack(rows)
+        if hook.endswith(_PATTERN_HOOKS):
+            per_head = (lambda s: s.sum(2).T) if per_position else (lambda s: s.sum((1, 2)))
+        else:
+            per_head = (lambda s: s) if per_position else (lambda s: s.sum(0))
+        return np.stack([per_head(s) for s in self._per_layer(hook)])
 
     def top(self, k: int = 20) -> list[dict]:
         """The ``k`` components with the largest |score| of each kind, largest first: rows

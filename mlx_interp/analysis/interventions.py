@@ -9,7 +9,7 @@ number (``parity_tests/test_interventions_parity.py``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -128,22 +128,29 @@ def ablation_effects(
 
 # ------------------------------------------------------------ patching
 @dataclass
-class PatchingResult:
-    """Activation patching from a clean into a corrupted prompt over (layer, position)."""
+class _LogitDiffPatching:
+    """What every patching sweep measures: the logit difference answer - wrong at the last
+    position, clean, corrupted and with each patch."""
 
-    str_tokens: list[str]  # the corrupted prompt's tokens
-    labels: list[str]
-    hook_template: str
     answer: str
     wrong: str
     clean_diff: float  # logit(answer) - logit(wrong) at the last position, clean run
     corrupted_diff: float
-    patched_diff: np.ndarray  # (n_layers, pos)
+    patched_diff: np.ndarray  # one value per patch: (n_layers, pos) or (n_layers, n_heads)
 
     @property
     def recovered(self) -> np.ndarray:
         """(patched - corrupted) / (clean - corrupted): 1 = the clean behaviour restored."""
         return (self.patched_diff - self.corrupted_diff) / (self.clean_diff - self.corrupted_diff)
+
+
+@dataclass
+class PatchingResult(_LogitDiffPatching):
+    """Activation patching from a clean into a corrupted prompt over (layer, position)."""
+
+    str_tokens: list[str] = field(default_factory=list)  # the corrupted prompt's tokens
+    labels: list[str] = field(default_factory=list)
+    hook_template: str = ""
 
 
 def activation_patching(
@@ -191,32 +198,23 @@ def activation_patching(
 
         out[i] = diff(model.run_with_hooks(batch, fwd_hooks=[(name, patch)]))
     return PatchingResult(
-        [model.tokenizer.decode([int(t)]) for t in to_numpy(corr_tok)[0].astype(int)],
-        [hook_template.format(L=L).replace("blocks.", "L").split(".")[0] for L in layers],
-        hook_template,
         answer,
         wrong,
         clean_diff,
         corrupted_diff,
         out,
+        str_tokens=[model.tokenizer.decode([int(t)]) for t in to_numpy(corr_tok)[0].astype(int)],
+        labels=[hook_template.format(L=L).replace("blocks.", "L").split(".")[0] for L in layers],
+        hook_template=hook_template,
     )
 
 
 @dataclass
-class HeadPatchingResult:
-    """Activation patching of each attention head's output (hook_z), at every position."""
+class HeadPatchingResult(_LogitDiffPatching):
+    """Activation patching of each attention head's output (hook_z), at every position;
+    ``patched_diff``: (len(layers), n_heads)."""
 
-    answer: str
-    wrong: str
-    clean_diff: float
-    corrupted_diff: float
-    layers: list[int]
-    patched_diff: np.ndarray  # (len(layers), n_heads)
-
-    @property
-    def recovered(self) -> np.ndarray:
-        """(patched - corrupted) / (clean - corrupted): 1 = the clean behaviour restored."""
-        return (self.patched_diff - self.corrupted_diff) / (self.clean_diff - self.corrupted_diff)
+    layers: list[int] = field(default_factory=list)
 
 
 def head_patching(
@@ -260,7 +258,7 @@ def head_patching(
             return x * (1 - eye) + src * eye
 
         out[i] = diff(model.run_with_hooks(batch, fwd_hooks=[(name, patch)]))
-    return HeadPatchingResult(answer, wrong, clean_diff, corrupted_diff, layers, out)
+    return HeadPatchingResult(answer, wrong, clean_diff, corrupted_diff, out, layers=layers)
 
 
 def _repeat(tokens, n: int):

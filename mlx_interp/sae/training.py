@@ -905,7 +905,10 @@ def _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progre
         if step % tc.log_every == 0 or step == total:
             elapsed = time.perf_counter() - t0
             row = {"step": step, "tokens": step * tc.batch_size}
+            # since the start of this process's run (compilation included); elapsed_s lets a
+            # benchmark take the steady rate between two rows
             row["tokens_per_s"] = (step * tc.batch_size - tokens0) / max(elapsed, 1e-9)
+            row["elapsed_s"] = elapsed
             for h in hooks:
                 m = backends[h].pop_metrics()
                 for key in ("loss", "mse", "explained_variance", "l0"):
