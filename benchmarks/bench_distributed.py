@@ -26,7 +26,7 @@ import mlx_interp
 from mlx_interp.sae.buffer import array_source
 from mlx_interp.sae.training import TrainConfig, train_sae
 rng = np.random.default_rng(0)
-x = rng.standard_normal((65536, {d_in}), dtype=np.float32)
+x = rng.standard_normal(({steps} * 4096, {d_in}), dtype=np.float32)  # every step a new batch
 tc = TrainConfig(d_sae={d_sae}, k=32, tokens={steps} * 4096, batch_size=4096, lr=1e-3,
                  lr_warmup_steps=2, log_every={log_every}, checkpoint_every=10**9,
                  init_rows=4096, buffer_rows=65536)
@@ -51,10 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-in", type=int, default=576)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--launcher",
+        choices=["mlx-interp", "mlx"],
+        default="mlx-interp",
+        help="mlx-interp-launch (default) or MLX's own mlx.launch",
+    )
     ap.add_argument("--out", help="also write the results as JSON here")
     a = ap.parse_args(argv)
     script = SCRIPT.format(d_in=a.d_in, d_sae=a.d_sae, steps=a.steps, log_every=a.steps // 2)
-    launch = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]  # fmt: skip
+    # mlx.launch itself spins a core while the ranks run (mlx_interp/launch.py); --launcher mlx
+    # measures it that way
+    launch = {"mlx-interp": [sys.executable, "-m", "mlx_interp.launch"],
+              "mlx": [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]}[a.launcher]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.py"
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks = [x["tokens_per_s"] for x in rows if x["setup"].startswith("2")]
     grads = 4 * (2 * a.d_in * a.d_sae + a.d_in + a.d_sae)  # W_enc, W_dec, b_enc, b_dec
     result = {
-        "d_in": a.d_in, "d_sae": a.d_sae, "batch": 4096, "rows": rows,
+        "d_in": a.d_in, "d_sae": a.d_sae, "batch": 4096, "launcher": a.launcher, "rows": rows,
         "ratio_ranks_over_single": min(ranks) / max(single), "ratio_best": max(ranks) / min(single),
         "allreduce_bytes_per_step": grads + 4 * a.d_sae + 4 * 8,  # + firing counts, metrics
         "rows_exchanged_bytes_per_step": 0,  # from memory: every rank holds the rows

@@ -1,6 +1,7 @@
 """Several ranks on mx.distributed (2 local ring processes on 127.0.0.1, as MLX's own CI).
 
-Each test runs a small script under ``mlx.launch -n 2 --backend ring`` and compares with a
+Each test runs a small script under ``mlx-interp-launch -n 2 --backend ring`` (mlx.launch
+without its busy wait, ``mlx_interp.launch``) and compares with a
 one-process run of the same call: the rows must be bit-identical.
 """
 
@@ -40,11 +41,7 @@ def launch(
 ) -> subprocess.CompletedProcess:
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(script))
-    launcher = [
-        sys.executable,
-        "-c",
-        "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())",
-    ]
+    launcher = [sys.executable, "-m", "mlx_interp.launch"]  # mlx.launch, without its busy wait
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     return subprocess.run(
         [*launcher, "-n", str(n), "--backend", "ring", "--", sys.executable, str(path)],
@@ -327,3 +324,26 @@ def test_two_ranks_train_a_skip_transcoder_like_one(tmp_path):
     for k in w1:
         err = np.linalg.norm(w2[k] - w1[k]) / max(np.linalg.norm(w1[k]), 1e-12)
         assert err < 1e-5, (k, err)
+
+
+def test_launcher_select_waits_instead_of_spinning():
+    """mlx-interp-launch's select: a writable pipe (a rank's stdin) does not wake it, output
+    to read does at once; mlx.launch's own select returns at once on the writable pipe."""
+    import select
+    import time
+
+    from mlx_interp.launch import quiet_select
+
+    r, w = os.pipe()
+    try:
+        assert select.select([r], [w], [], 1.0)[1] == [w]  # why mlx.launch spins
+        t = time.perf_counter()
+        assert quiet_select([r], [w], [], 0.3) == ([], [], [])
+        assert time.perf_counter() - t >= 0.25
+        os.write(w, b"x")
+        t = time.perf_counter()
+        assert quiet_select([r], [w], [], 5.0)[0] == [r]
+        assert time.perf_counter() - t < 2.0
+    finally:
+        os.close(r)
+        os.close(w)
