@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmarks.common import LoadMeter, judge
 
 SCRIPT = """
 import json, sys, numpy as np
@@ -75,22 +77,24 @@ def main(argv: list[str] | None = None) -> int:
                                               sys.executable, str(path)]),
             ):  # fmt: skip
                 env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
-                load0 = os.getloadavg()[0]
-                t0 = time.perf_counter()
-                tps = _run([*cmd, str(Path(tmp) / f"out{r}{threads}")], env)
+                with LoadMeter() as meter:  # the ranks are children: their CPU time is ours
+                    tps = _run([*cmd, str(Path(tmp) / f"out{r}{threads}")], env)
                 rows.append({"round": r, "setup": kind, "tokens_per_s": tps,
-                             "wall_s": time.perf_counter() - t0,
-                             "load_avg": [load0, os.getloadavg()[0]]})  # fmt: skip
+                             "wall_s": meter.wall_s, "cpu_s": meter.cpu_s, **meter.as_dict()})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     single = [x["tokens_per_s"] for x in rows if x["setup"].startswith("1")]
     ranks = [x["tokens_per_s"] for x in rows if x["setup"].startswith("2")]
     grads = 4 * (2 * a.d_in * a.d_sae + a.d_in + a.d_sae)  # W_enc, W_dec, b_enc, b_dec
+    # unreliable when either setup's rounds disagree, or other processes used the machine
+    spread = max((max(v) - min(v)) / statistics.median(v) for v in (single, ranks))
+    others = [x["other_cores"] for x in rows]
+    why = judge(spread, None if None in others else max(others), [v for x in rows for v in x["load_avg"]])  # fmt: skip
     result = {
         "d_in": a.d_in, "d_sae": a.d_sae, "batch": 4096, "launcher": a.launcher, "rows": rows,
         "ratio_ranks_over_single": min(ranks) / max(single), "ratio_best": max(ranks) / min(single),
         "allreduce_bytes_per_step": grads + 4 * a.d_sae + 4 * 8,  # + firing counts, metrics
         "rows_exchanged_bytes_per_step": 0,  # from memory: every rank holds the rows
-        "reliable": max(max(x["load_avg"]) for x in rows) < (os.cpu_count() or 2) * 0.5,
+        "reliable": not why, "unreliable": why,
     }  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     if a.out:
