@@ -36,12 +36,16 @@ TEXTS = [
 ] * 4
 
 
+MLX_LAUNCH = [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]  # fmt: skip
+
+
 def launch(
-    script: str, tmp_path: Path, n: int = 2, timeout: float = 240
+    script: str, tmp_path: Path, n: int = 2, timeout: float = 240, launcher: list | None = None
 ) -> subprocess.CompletedProcess:
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(script))
-    launcher = [sys.executable, "-m", "mlx_interp.launch"]  # mlx.launch, without its busy wait
+    # mlx.launch, without its busy wait (mlx_interp/launch.py)
+    launcher = launcher or [sys.executable, "-m", "mlx_interp.launch"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     return subprocess.run(
         [*launcher, "-n", str(n), "--backend", "ring", "--", sys.executable, str(path)],
@@ -347,3 +351,25 @@ def test_launcher_select_waits_instead_of_spinning():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_ranks_lower_a_spinning_mlx_launch_to_nice_19(tmp_path):
+    """Under MLX's own launcher every rank finds it among its ancestors and gives each of its
+    threads (it busy-waits in them) the lowest priority."""
+    script = """
+    import os
+    from pathlib import Path
+    from mlx_interp.distributed import world, _process
+    w = world()
+    pid = os.getppid()
+    while "_distributed_utils.launch" not in (_process(pid)[0] or ""):
+        pid = _process(pid)[1]
+    nice = sorted({os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()})
+    print("RANK", w.rank, w.size, "NICE", nice)
+    """
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("reads thread priorities from /proc (Linux)")
+    r = launch(script, tmp_path, launcher=MLX_LAUNCH)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("RANK"))
+    assert lines == ["RANK 0 2 NICE [19]", "RANK 1 2 NICE [19]"], r.stdout + r.stderr[-2000:]
