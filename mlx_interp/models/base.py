@@ -41,6 +41,22 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     return nn.silu(gate) * up
 
 
+@mx.compile
+def _gelu_tanh_cpu(x: mx.array) -> mx.array:
+    # 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3)
+    g = x.astype(mx.float32)
+    u = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    return (g / (1.0 + _exp_cpu(-2.0 * u))).astype(x.dtype)
+
+
+def gelu_tanh(x: mx.array) -> mx.array:
+    """GPT-2's gelu_new (the tanh approximation); on the CPU through ``_exp_cpu``, as
+    ``swiglu`` (MLX's CPU tanh is as slow as its exp)."""
+    if mx.default_device().type == mx.cpu:
+        return _gelu_tanh_cpu(x)
+    return nn.gelu_approx(x)
+
+
 class AttentionHooks(nn.Module):
     """The hook points of an attention layer, named as in TransformerLens."""
 

@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import HookPoint
-from .base import AttentionHooks, attention_mask_and_positions, run_block
+from .base import AttentionHooks, attention_mask_and_positions, gelu_tanh, run_block
 
 
 @dataclass
@@ -93,7 +93,7 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.c_proj(self.hook_post(nn.gelu_approx(self.hook_pre(self.c_fc(x)))))
+        return self.c_proj(self.hook_post(gelu_tanh(self.hook_pre(self.c_fc(x)))))
 
 
 class TransformerBlock(nn.Module):
