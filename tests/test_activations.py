@@ -69,6 +69,24 @@ def test_rows_match_run_with_cache(llama):
     assert batches[0].acts["blocks.1.attn.hook_z"].shape[1] == 4 * 16
 
 
+def test_a_batch_in_several_cpu_passes_gives_the_same_rows(llama, monkeypatch):
+    """On the CPU a batch runs in passes of CPU_PASS_WINDOWS windows (9 = 4 + 4 + 1 here);
+    every row equals the one pass of the whole batch."""
+    from mlx_interp.activations import stream
+
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    kw = dict(batch_size=9, context_length=12, exclude_massive=True)
+    monkeypatch.setattr(stream, "CPU_PASS_WINDOWS", 4)
+    split = list(iter_activations(llama, hooks, TEXTS, **kw))
+    monkeypatch.setattr(stream, "CPU_PASS_WINDOWS", 1000)
+    whole = list(iter_activations(llama, hooks, TEXTS, **kw))
+    assert len(split) == len(whole) > 1
+    for a, b in zip(split, whole, strict=True):
+        assert (a.token_ids == b.token_ids).all() and (a.window_ids == b.window_ids).all()
+        for h in hooks:
+            np.testing.assert_allclose(np.asarray(a.acts[h]), np.asarray(b.acts[h]), rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
 def test_stop_layer_is_the_last_hook_plus_one():
     assert stop_layer_for(["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post"], 3) == 2
     assert stop_layer_for(["hook_embed"], 3) == 0
