@@ -4,9 +4,10 @@
 
 - Extraction: ``blocks.{L}.hook_resid_post`` of the embedded SmolLM2 (float32) for the
   same random tokens, batch 1, 4, 16, 64 x 128: mlx-interp (``run_with_cache`` with
-  ``stop_at_layer``), Hugging Face transformers (the same converted folder, a forward hook
-  on layer L that stops the pass once it has the output) and TransformerLens
-  (``run_with_cache`` with ``stop_at_layer``) where it loads the model offline.
+  ``stop_at_layer``, in passes of 8 windows on a CPU, as ``extract`` runs a batch), Hugging
+  Face transformers (the same converted folder, a forward hook on layer L that stops the
+  pass once it has the output) and TransformerLens (``run_with_cache`` with
+  ``stop_at_layer``) where it loads the model offline.
 - SAE training: one optimisation step of a TopK SAE (k 32, d_in 576, batch 4096, no dead
   latents) on the same batch: mlx-interp's MLX trainer, mlx-interp's torch backend and
   SAELens's trainer (``SAETrainer._train_step``: forward, backward, gradient clipping,
@@ -85,6 +86,7 @@ def extraction(batches: list[int], seq: int, rounds: int) -> dict:
     import mlx.core as mx
 
     from mlx_interp import load_model
+    from mlx_interp.activations.stream import run_in_passes
     from mlx_interp.parity import relative_error
     from mlx_interp.sources import resolve_model_dir
 
@@ -92,11 +94,12 @@ def extraction(batches: list[int], seq: int, rounds: int) -> dict:
     hook = f"blocks.{LAYER}.hook_resid_post"
     model = load_model("smollm2-135m")
 
-    def mlx_run(tokens):
-        _, cache = model.run_with_cache(tokens, names_filter=[hook], stop_at_layer=LAYER + 1)
-        return cache[hook]
+    def mlx_run(tokens):  # as mlx-interp extract runs a batch (passes of 8 windows on a CPU)
+        out = run_in_passes(model, tokens, [hook], LAYER + 1)[hook]
+        mx.eval(out)
+        return out
 
-    contenders = {"mlx-interp": lambda t: mlx_run(mx.array(t))}
+    contenders = {"mlx-interp": mlx_run}
     notes = []
     try:
         hf_model, hf_run = _transformers_extractor(folder, LAYER)

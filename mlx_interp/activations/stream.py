@@ -208,6 +208,17 @@ def iter_activations(
         raise ValueError(_never_occurs(tok, target, seen))
 
 
+def run_in_passes(model, tokens: np.ndarray, hooks: list[str], stop: int | None) -> dict:
+    """``run_with_cache`` of (n_windows, pos) tokens up to block ``stop``: {hook: (n_windows,
+    pos, ...) activations}, lazy. On the CPU in passes of at most ``CPU_PASS_WINDOWS``."""
+    step = CPU_PASS_WINDOWS if mx.default_device().type == mx.cpu else len(tokens)
+    parts = [
+        model.run_with_cache(mx.array(tokens[i : i + step]), names_filter=hooks, stop_at_layer=stop)[1]
+        for i in range(0, len(tokens), step)
+    ]  # fmt: skip
+    return {h: mx.concatenate([p[h] for p in parts]) if len(parts) > 1 else parts[0][h] for h in hooks}  # fmt: skip
+
+
 def _position_mode(tok, positions) -> tuple[str, int | None]:
     if isinstance(positions, str) and positions in ("all", "last"):
         return positions, None
@@ -246,12 +257,7 @@ def _batch(
     if n_win < batch_size:  # keep one shape for every forward pass
         filler = np.full((batch_size - n_win, C), tokens[0, 0], np.int32)
         tokens = np.concatenate([tokens, filler])
-    step = CPU_PASS_WINDOWS if mx.default_device().type == mx.cpu else len(tokens)
-    parts = [
-        model.run_with_cache(mx.array(tokens[i : i + step]), names_filter=hooks, stop_at_layer=stop)[1]
-        for i in range(0, len(tokens), step)
-    ]  # fmt: skip
-    cache = {h: mx.concatenate([p[h] for p in parts]) if len(parts) > 1 else parts[0][h] for h in hooks}  # fmt: skip
+    cache = run_in_passes(model, tokens, hooks, stop)
     flat = {h: cache[h][:n_win].reshape(n_win * C, -1) for h in hooks}
     if row_filter is not None:
         idx = np.nonzero(select)[0]
