@@ -18,8 +18,9 @@ PACKAGE = ROOT / "mlx_interp"
 # may import its own layer and those below it, never one above. A layer is a top-level
 # module or subpackage of mlx_interp ("mlx_interp" itself is the package's __init__).
 LAYERS = [
-    # no model, no MLX needed: files, BLAS binding, machine facts, hook points, options, checks
-    {"mlx_interp", "io", "blas", "system", "hooks", "options", "checks", "distributed"},
+    # no model, no MLX needed: files, BLAS binding, machine facts, hook points, options, checks,
+    # several processes and their launcher
+    {"mlx_interp", "io", "blas", "system", "hooks", "options", "checks", "distributed", "launch"},
     {"sources"},  # model folders: aliases, repo ids, GGUF conversion (shared with torch_ref)
     {"models"},  # one file per architecture
     {"model"},  # HookedModel, load_model
