@@ -59,6 +59,16 @@ def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("mlx-interp info: error:") and "\n" not in err
 
 
+def test_demo_finds_the_benchmarks_of_its_checkout():
+    """The demo's bench stage runs ``python -m benchmarks`` from the source checkout (it
+    wrote SKIPPED.md when it looked one folder too low)."""
+    from pathlib import Path
+
+    from mlx_interp.cli.demo import source_checkout
+
+    assert source_checkout() == Path(__file__).resolve().parent.parent
+
+
 def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, capsys, monkeypatch):
     import importlib.util
     import re

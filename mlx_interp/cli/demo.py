@@ -94,10 +94,17 @@ def quantization_errors(model, out: Path, log=print) -> None:
     log(f"      quantization error at the last residual: 4-bit {last[4]:.2e}, 8-bit {last[8]:.2e}")
 
 
+def source_checkout() -> Path | None:
+    """The source checkout this package runs from (it holds benchmarks/), or None for an
+    installed wheel."""
+    root = Path(__file__).resolve().parents[2]  # mlx_interp/cli/demo.py -> the checkout
+    return root if (root / "benchmarks" / "__main__.py").exists() else None
+
+
 def _bench(out: Path) -> Callable[[], None]:
     def run():
-        root = Path(__file__).resolve().parent.parent
-        if not (root / "benchmarks" / "__main__.py").exists():
+        root = source_checkout()
+        if root is None:
             write_text(
                 out / "SKIPPED.md",
                 "The benchmark suite lives in the source checkout (benchmarks/).\n",
