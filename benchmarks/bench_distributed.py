@@ -5,8 +5,9 @@
 Both train the same TopK SAE (d_in 576, k 32, batch 4096) on the same synthetic rows from
 memory, in interleaved rounds (single, ranks, single, ranks, ...); each reports the
 training tokens/s between its last two logged steps (compilation excluded). On one machine
-the two ranks share its cores, so the ratio measures the cost of the exchange, not a speed-up. Bytes exchanged per step
-are computed from the all-reduced tensors. The load average is recorded with every figure.
+the two ranks share its cores: the ratio weighs the exchange against the core that MLX's
+single-threaded CPU work leaves idle in one process. Bytes exchanged per step are computed
+from the all-reduced tensors. Each run records its load and other processes' cores.
 """
 
 from __future__ import annotations

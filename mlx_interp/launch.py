@@ -5,10 +5,11 @@ MLX 0.32's launcher spins a core while its ranks run: each rank's I/O thread sel
 the child's stdin pipe, which is always writable, so ``select`` never blocks; and its main
 loop polls our stdin, which at end of file (``< /dev/null``, CI, a pipe) is always
 readable. Measured on a 2-core machine: the launcher took 85 % of a core, and two ranks
-training an SAE ran at 2.4 s a step instead of 1.3 s (benchmarks/bench_distributed.py).
-Here ``select`` waits only for the ranks' output; keyboard input is not passed on to the
-ranks (no mlx-interp command reads it). On a ring of Macs the launcher runs on the first
-host beside rank 0, so it costs that host a core all the same.
+stepping an SAE (2048 rows each) took 2.4 s a step instead of 1.3 s; 2-rank training in
+benchmarks/bench_distributed.py ran at 0.75x one process instead of 1.1x. Here ``select``
+waits only for the ranks' output; keyboard input is not passed on to the ranks (no
+mlx-interp command reads it). Ranks under plain ``mlx.launch`` lower its priority instead
+(``distributed.calm_launcher``), which only helps where it runs on a rank's machine.
 """
 
 from __future__ import annotations

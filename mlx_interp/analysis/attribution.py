@@ -76,10 +76,11 @@ class AttributionResult:
 
     def _per_layer(self, hook: str) -> list[np.ndarray]:
         """``blocks.{L}.{hook}``'s scores for every layer, in order."""
-        missing = [f"blocks.{L}.{hook}" for L in range(self.n_layers) if f"blocks.{L}.{hook}" not in self.scores]  # fmt: skip
+        names = [f"blocks.{L}.{hook}" for L in range(self.n_layers)]
+        missing = [n for n in names if n not in self.scores]
         if missing:
             raise KeyError(f"{missing[0]} was not attributed; pass it (or None) in hooks")
-        return [self.scores[f"blocks.{L}.{hook}"] for L in range(self.n_layers)]
+        return [self.scores[n] for n in names]
 
     def layer_pos(self, hook: str = "hook_resid_pre") -> np.ndarray:
         """(n_layers, pos): ``blocks.{L}.{hook}`` per layer and position (heads summed)."""
