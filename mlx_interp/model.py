@@ -63,6 +63,13 @@ def _computed_before(name: str, stop: int) -> bool:
     return layer < stop or name == f"blocks.{stop}.hook_resid_pre"
 
 
+def _computed_from(name: str, start: int) -> bool:
+    """Whether a forward pass started at block ``start`` (on a given residual stream)
+    computes this hook point: those of blocks from ``start`` on and of the final norm."""
+    layer = layer_of(name)
+    return name.startswith("ln_final") if layer is None else layer >= start
+
+
 class HookedModel:
     """A transformer with named hook points (see ``hook_names``) and its tokenizer.
 
@@ -201,30 +208,59 @@ class HookedModel:
                 table.setdefault(n, []).append(fn)
         return table
 
-    def _run(self, tokens, attention_mask, prepend_bos, cache_names, hooks, stop_at_layer):
+    def _check_start(self, start_at_layer, resid, tokens, stop) -> int | None:
+        if start_at_layer is None:
+            if resid is not None:
+                raise ValueError("resid is the input of start_at_layer: pass both or neither")
+            return None
+        n = self.cfg.n_layers
+        start = start_at_layer + n if start_at_layer < 0 else start_at_layer
+        if not 0 <= start <= n or (stop is not None and start > stop):
+            raise ValueError(
+                f"start_at_layer={start_at_layer} is outside [-{n}, {n}]"
+                + (f" or after stop_at_layer={stop}" if stop is not None else "")
+            )
+        want = (*tokens.shape, self.cfg.d_model)
+        if resid is None or tuple(resid.shape) != want:
+            got = "nothing" if resid is None else f"shape {tuple(resid.shape)}"
+            raise ValueError(
+                f"start_at_layer needs resid, the residual stream of shape {want} "
+                f"(batch, pos, d_model) that block {start} receives; got {got}"
+            )
+        return start
+
+    def _run(
+        self, tokens, attention_mask, prepend_bos, cache_names, hooks, stop_at_layer,
+        start_at_layer=None, resid=None,
+    ):  # fmt: skip
         tokens, attention_mask = self._prepare(tokens, attention_mask, prepend_bos)
         stop = self._check_stop(stop_at_layer)
-        if stop is not None:
-            for name in [*cache_names, *hooks]:
-                if not _computed_before(name, stop):
-                    raise ValueError(f"{name} is not computed with stop_at_layer={stop_at_layer}")
+        start = self._check_start(start_at_layer, resid, tokens, stop)
+        for name in [*cache_names, *hooks]:
+            if stop is not None and not _computed_before(name, stop):
+                raise ValueError(f"{name} is not computed with stop_at_layer={stop_at_layer}")
+            if start is not None and not _computed_from(name, start):
+                raise ValueError(f"{name} is not computed with start_at_layer={start_at_layer}")
+        if resid is not None:
+            resid = resid.astype(self.dtype)
         state = HookState(cache_names, hooks)
         with hook_state(state):
-            logits = self.model(tokens, attention_mask, stop)
+            logits = self.model(tokens, attention_mask, stop, start, resid)
         cache = ActivationCache((n, state.cache[n]) for n in self.hook_names if n in state.cache)
         checked = [("logits", logits)] if logits is not None else list(cache.items())
         ok = _all_finite(checked)
         mx.eval(logits, cache, ok)
         if ok is not None and not ok.item():
-            self._locate_non_finite(tokens, attention_mask, hooks, stop)
+            self._locate_non_finite(tokens, attention_mask, hooks, stop, start, resid)
         return logits, cache
 
-    def _locate_non_finite(self, tokens, attention_mask, hooks, stop) -> None:
+    def _locate_non_finite(self, tokens, attention_mask, hooks, stop, start, resid) -> None:
         """Rerun with every hook point cached and raise naming the first one, in forward
         order, that holds NaN or infinity (masked attention scores are -inf by design)."""
-        state = HookState(self.hook_names, hooks)
+        names = [n for n in self.hook_names if start is None or _computed_from(n, start)]
+        state = HookState(names, hooks)
         with hook_state(state):
-            logits = self.model(tokens, attention_mask, stop)
+            logits = self.model(tokens, attention_mask, stop, start, resid)
         named = [(n, state.cache[n]) for n in self.hook_names if n in state.cache]
         if logits is not None:
             named.append(("logits", logits))
@@ -264,20 +300,30 @@ class HookedModel:
         attention_mask: mx.array | None = None,
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         prepend_bos: bool | None = None,
+        start_at_layer: int | None = None,
+        resid: mx.array | None = None,
     ) -> tuple[mx.array | None, ActivationCache]:
         """Run and keep the activations named by ``names_filter`` (all when None).
 
         Returns (logits (batch, pos, d_vocab), cache). With ``stop_at_layer=L`` only blocks
-        before L run and logits is None. Hooks in ``fwd_hooks`` run first; the cache holds
-        the activations after them.
+        before L run and logits is None. With ``start_at_layer=L`` only blocks from L on
+        run, on ``resid`` (batch, pos, d_model): what ``blocks.L.hook_resid_pre`` held in
+        an earlier pass (as in TransformerLens; ``tokens`` still give the shape and the
+        padding). Hooks in ``fwd_hooks`` run first; the cache holds the activations after
+        them.
         """
         names = select_names(names_filter, self.hook_names)
-        if stop_at_layer is not None and (names_filter is None or callable(names_filter)):
+        if names_filter is None or callable(names_filter):
             stop = self._check_stop(stop_at_layer)
-            names = [n for n in names if _computed_before(n, stop)]
+            if stop is not None:
+                names = [n for n in names if _computed_before(n, stop)]
+            if start_at_layer is not None:
+                start = start_at_layer + self.cfg.n_layers * (start_at_layer < 0)
+                names = [n for n in names if _computed_from(n, start)]
         return self._run(
-            tokens, attention_mask, prepend_bos, names, self._hook_table(fwd_hooks), stop_at_layer
-        )
+            tokens, attention_mask, prepend_bos, names, self._hook_table(fwd_hooks), stop_at_layer,
+            start_at_layer, resid,
+        )  # fmt: skip
 
     def run_with_hooks(
         self,
@@ -285,15 +331,19 @@ class HookedModel:
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         attention_mask: mx.array | None = None,
         prepend_bos: bool | None = None,
+        start_at_layer: int | None = None,
+        resid: mx.array | None = None,
     ) -> mx.array:
         """Logits with each hook fn(activation, hook) applied at its hook point.
 
         A hook returns the replacement activation (same shape) or None to leave it as is.
-        The name may also be a predicate over hook names.
+        The name may also be a predicate over hook names. ``start_at_layer``, ``resid``:
+        run only the blocks from that layer on, on that residual stream (run_with_cache).
         """
         return self._run(
-            tokens, attention_mask, prepend_bos, (), self._hook_table(fwd_hooks), None
-        )[0]
+            tokens, attention_mask, prepend_bos, (), self._hook_table(fwd_hooks), None,
+            start_at_layer, resid,
+        )[0]  # fmt: skip
 
     def generate(
         self,

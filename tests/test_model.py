@@ -145,6 +145,42 @@ def test_stop_at_layer_skips_later_blocks(model, monkeypatch):
     assert calls and all(c is model.model.blocks[0] for c in calls)
 
 
+def test_start_at_layer_continues_a_pass_from_its_residual_stream(model):
+    """Starting at block L on what blocks.L.hook_resid_pre held gives the whole pass's
+    logits, with or without a hook at or after L; padding still applies; misuse is refused."""
+    tokens = random_tokens(model)
+    n = model.cfg.n_layers
+    for start in (0, 1, n - 1, n):
+        entry = f"blocks.{start}.hook_resid_pre" if start < n else f"blocks.{n - 1}.hook_resid_post"
+        logits, cache = model.run_with_cache(tokens, names_filter=[entry])
+        later, rest = model.run_with_cache(tokens, start_at_layer=start, resid=cache[entry])
+        np.testing.assert_allclose(np.array(later), np.array(logits), rtol=1e-5, atol=1e-5)
+        assert all(not n_.startswith(f"blocks.{i}.") for n_ in rest for i in range(start))
+    hook = [("blocks.1.hook_mlp_out", lambda x, hook: x * 0.5)]
+    patched = model.run_with_hooks(tokens, fwd_hooks=hook)
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre"])
+    resumed = model.run_with_hooks(
+        tokens, fwd_hooks=hook, start_at_layer=1, resid=cache["blocks.1.hook_resid_pre"]
+    )
+    np.testing.assert_allclose(np.array(resumed), np.array(patched), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.array(patched), np.array(model(tokens)), atol=1e-3)
+    mask = mx.array([[1] * 12, [1] * 8 + [0] * 4])
+    padded, cache = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre"], attention_mask=mask)  # fmt: skip
+    resumed = model.run_with_hooks(
+        tokens, attention_mask=mask, start_at_layer=-n + 1, resid=cache["blocks.1.hook_resid_pre"]
+    )
+    np.testing.assert_allclose(np.array(resumed), np.array(padded), rtol=1e-5, atol=1e-5)
+    resid = cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(ValueError, match="not computed with start_at_layer=1"):
+        model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_post"], start_at_layer=1, resid=resid)  # fmt: skip
+    with pytest.raises(ValueError, match=r"needs resid, the residual stream of shape \(2, 12, "):
+        model.run_with_hooks(tokens, start_at_layer=1, resid=resid[:, :5])
+    with pytest.raises(ValueError, match="pass both or neither"):
+        model.run_with_hooks(tokens, resid=resid)
+    with pytest.raises(ValueError, match="outside"):
+        model.run_with_hooks(tokens, start_at_layer=n + 1, resid=resid)
+
+
 def test_run_with_hooks_replaces_or_observes(model):
     tokens = random_tokens(model)
     clean = np.array(model(tokens))

@@ -131,16 +131,25 @@ class Model(nn.Module):
         tokens: mx.array,
         attention_mask: mx.array | None = None,
         stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        resid: mx.array | None = None,
     ) -> mx.array | None:
-        """tokens (batch, pos) -> logits (batch, pos, d_vocab); None with stop_at_layer."""
+        """tokens (batch, pos) -> logits (batch, pos, d_vocab); None with stop_at_layer.
+
+        With ``start_at_layer=L`` the blocks from L on run on ``resid`` (batch, pos,
+        d_model), the residual stream block L receives; tokens still give the shape.
+        """
         B, L = tokens.shape
         mask, positions = attention_mask_and_positions(attention_mask, L)
-        if positions is None:
-            positions = mx.arange(L)[None]
-        embed = self.hook_embed(self.wte(tokens))
-        pos_embed = self.hook_pos_embed(mx.broadcast_to(self.wpe(positions), embed.shape))
-        x = embed + pos_embed
-        for block in self.blocks[:stop_at_layer]:
+        if start_at_layer is None:
+            if positions is None:
+                positions = mx.arange(L)[None]
+            embed = self.hook_embed(self.wte(tokens))
+            pos_embed = self.hook_pos_embed(mx.broadcast_to(self.wpe(positions), embed.shape))
+            x = embed + pos_embed
+        else:
+            x = resid
+        for block in self.blocks[start_at_layer:stop_at_layer]:
             x = run_block(block, x, mask)
         if stop_at_layer is not None:
             if stop_at_layer < len(self.blocks):  # what the first block not run would receive

@@ -63,6 +63,7 @@ def evaluate_sae(
     from ..activations.rows import RowFilter, add_counts, row_norms, zero_counts
     from ..activations.windows import PAD, iter_windows
     from ..data import DataSource
+    from ..model import layer_of
     from .config import check_sae_for_model
 
     checks.integer("tokens", tokens)
@@ -76,7 +77,12 @@ def evaluate_sae(
     source.check_not_trained_on(trained, allow_train_data)
     hook = check_sae_for_model(sae.cfg, model, hook, model_name, force)
     target_hook = _output_hook(sae.cfg, model, hook_out, force) if sae.cfg.is_transcoder else hook
+    # the spliced and zero-ablated passes start at the block of the spliced hook, on the
+    # residual stream the clean pass handed it (the blocks before are the same in all three)
+    layer = layer_of(target_hook)
+    entry = f"blocks.{layer}.hook_resid_pre" if layer is not None else None
     names = list(dict.fromkeys([hook, target_hook]))
+    cached = names + ([entry] if entry else [])
     texts = source.documents()
     tok = model._require_tokenizer()
     acc = MetricAccumulator(sae.cfg.d_sae)
@@ -94,7 +100,8 @@ def evaluate_sae(
         if n_tok >= tokens:
             break
         toks = mx.array(win.tokens)
-        logits, cache = model.run_with_cache(toks, names_filter=names)
+        logits, cache = model.run_with_cache(toks, names_filter=cached)
+        resume = {} if entry is None else {"start_at_layer": layer, "resid": cache[entry]}
         acts = {n: np.asarray(cache[n].astype(mx.float32)) for n in names}
         b, t = acts[hook].shape[:2]
         flat = {n: a.reshape(b * t, -1) for n, a in acts.items()}
@@ -124,10 +131,10 @@ def evaluate_sae(
         spliced = np.where(keep[:, None], x_hat, y).reshape(shape)
         zeroed = np.where(keep[:, None], 0.0, y).reshape(shape).astype(np.float32)
         logits_sae = model.run_with_hooks(
-            toks, fwd_hooks=[(target_hook, lambda x, hook, r=spliced: mx.array(r))]
+            toks, fwd_hooks=[(target_hook, lambda x, hook, r=spliced: mx.array(r))], **resume
         )
         logits_zero = model.run_with_hooks(
-            toks, fwd_hooks=[(target_hook, lambda x, hook, r=zeroed: mx.array(r))]
+            toks, fwd_hooks=[(target_hook, lambda x, hook, r=zeroed: mx.array(r))], **resume
         )
         # next-token prediction at every position whose target is a real token
         target = win.tokens[:, 1:]
