@@ -33,6 +33,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..model import layer_of
+from ..system import mlx_device
 from .rows import MASSIVE_FACTOR, RowFilter
 from .windows import LAST, PAD, Windows, iter_windows, resolve_token
 
@@ -211,7 +212,7 @@ def iter_activations(
 def run_in_passes(model, tokens: np.ndarray, hooks: list[str], stop: int | None) -> dict:
     """``run_with_cache`` of (n_windows, pos) tokens up to block ``stop``: {hook: (n_windows,
     pos, ...) activations}, lazy. On the CPU in passes of at most ``CPU_PASS_WINDOWS``."""
-    step = CPU_PASS_WINDOWS if mx.default_device().type == mx.cpu else len(tokens)
+    step = CPU_PASS_WINDOWS if mlx_device() == "cpu" else len(tokens)
     parts = [
         model.run_with_cache(mx.array(tokens[i : i + step]), names_filter=hooks, stop_at_layer=stop)[1]
         for i in range(0, len(tokens), step)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import _STATE, HookPoint
+from ..system import mlx_device
 
 
 def _exp_cpu(x: mx.array) -> mx.array:
@@ -41,7 +42,7 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     made silu a third of SmolLM2's forward pass; compiled, ours is 3.4x faster, within
     2e-6 relative of ``nn.silu``. On a GPU ``nn.silu``, whose exp is the hardware's.
     """
-    if mx.default_device().type == mx.cpu:
+    if mlx_device() == "cpu":
         return _swiglu_cpu(gate, up)
     return nn.silu(gate) * up
 
@@ -56,7 +57,7 @@ def _gelu_tanh_cpu(x: mx.array) -> mx.array:
 def gelu_tanh(x: mx.array) -> mx.array:
     """GPT-2's gelu_new (the tanh approximation); on the CPU through ``_exp_cpu``, as
     ``swiglu`` (MLX's CPU tanh is as slow as its exp)."""
-    if mx.default_device().type == mx.cpu:
+    if mlx_device() == "cpu":
         return _gelu_tanh_cpu(x)
     return nn.gelu_approx(x)
 
@@ -80,8 +81,9 @@ class AttentionHooks(nn.Module):
 
         ``mask`` is None for plain causal attention, else a boolean (batch or 1, 1, pos, pos)
         array, True where a query may attend. Returns hook_z, (batch, pos, n_heads, d_head).
-        The fused kernel is used unless a hook reads or replaces the scores or the pattern;
-        then the pattern is computed explicitly and is exactly the one the output uses.
+        When a hook reads or replaces the scores or the pattern, the pattern is computed
+        explicitly and is exactly the one the output uses; otherwise the fused kernel runs
+        (``attention_cpu`` on the CPU, where MLX has none).
         """
         if self.hook_attn_scores.active or self.hook_pattern.active:
             n_rep = q.shape[1] // k.shape[1]
@@ -94,11 +96,46 @@ class AttentionHooks(nn.Module):
             pattern = mx.softmax(scores, axis=-1, precise=True).astype(v.dtype)
             pattern = self.hook_pattern(pattern)
             out = pattern @ v
+        elif mlx_device() == "cpu":
+            out = attention_cpu(q, k, v, scale, mask)
         else:
             out = mx.fast.scaled_dot_product_attention(
                 q, k, v, scale=scale, mask="causal" if mask is None else mask
             )
         return self.hook_z(out.transpose(0, 2, 1, 3))
+
+
+@mx.compile
+def _masked_exp(scores: mx.array, row_max: mx.array, allowed: mx.array) -> mx.array:
+    return mx.where(allowed, _exp_cpu(scores - row_max), 0.0)
+
+
+def attention_cpu(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None
+) -> mx.array:
+    """softmax(q k^T * scale, masked) v for MLX's CPU, as ``AttentionHooks.attend`` takes it:
+    q (batch, n_heads, pos, d_head), k and v (batch, n_kv_heads, pos, d_head), mask None
+    (causal) or boolean (batch or 1, 1, pos, pos). Returns (batch, n_heads, pos, d_head).
+
+    ``mx.fast.scaled_dot_product_attention`` has no CPU kernel: its fallback's softmax
+    takes MLX's scalar exp (about 15 ns an element). Here the two products go to BLAS, the
+    exponential is ``_exp_cpu`` (one compiled loop, masked entries exactly 0), and the
+    normalisation divides the (pos, d_head) output rather than the (pos, pos) weights:
+    SmolLM2's attention, 8 windows of 128 tokens, 19 ms -> 11 ms a layer, within 1e-6.
+    Query heads are grouped by the key/value head they share (grouped-query attention
+    without repeating k and v): head h reads kv head h // (n_heads / n_kv_heads).
+    """
+    B, H, L, D = q.shape
+    n_kv = k.shape[1]
+    rep = H // n_kv
+    allowed = causal_mask(L) if mask is None else mask  # (batch or 1, 1, L, L)
+    if rep > 1:
+        allowed = mx.tile(allowed, (1, 1, rep, 1))
+    qg = (q.astype(mx.float32) * scale).reshape(B, n_kv, rep * L, D)
+    scores = mx.where(allowed, qg @ k.astype(mx.float32).swapaxes(-1, -2), -mx.inf)
+    weights = _masked_exp(scores, scores.max(axis=-1, keepdims=True), allowed)
+    out = (weights @ v.astype(mx.float32)) / weights.sum(axis=-1, keepdims=True)
+    return out.reshape(B, H, L, D).astype(v.dtype)
 
 
 def causal_mask(n: int) -> mx.array:

@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..hooks import HookPoint
+from ..system import mlx_device
 from .base import AttentionHooks, attention_mask_and_positions, run_block, swiglu
 
 
@@ -95,7 +96,7 @@ class RoPE(nn.Module):
 
     def __call__(self, x: mx.array, positions: mx.array | None) -> mx.array:
         """x: (batch, heads, pos, d_head); positions: (batch, pos) or None for 0..pos-1."""
-        if positions is None and mx.default_device().type != mx.cpu:
+        if positions is None and mlx_device() != "cpu":
             return mx.fast.rope(
                 x,
                 self.dims,
