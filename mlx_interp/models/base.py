@@ -12,13 +12,24 @@ from ..system import mlx_device
 
 
 def _exp_cpu(x: mx.array) -> mx.array:
-    """exp(x), x clipped to [-87, 88]: 2^n exp(r), r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2]
-    (ln 2 in two parts, Cody-Waite), exp(r) by its degree-6 Taylor polynomial, 2^n from the
-    exponent bits. Compiled, this is one vectorised loop; MLX's own CPU exp is scalar."""
+    """exp(x), x clipped to [-87, 88], within 3e-7 relative: 2^n exp(r), n = x / ln 2
+    rounded, r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2] (ln 2 in two parts, Cody-Waite),
+    exp(r) by its degree-6 Taylor polynomial in Estrin's form, 2^n from the exponent bits.
+
+    Written for MLX's CPU compiler, which fuses elementwise chains of depth <= 11 into one
+    generated C++ loop (built with -O3 and no -march: SSE2 on x86): the rounding adds and
+    subtracts 1.5 * 2^23 instead of calling floor (no SSE2 instruction; the loop stayed
+    scalar), and Estrin's form halves Horner's depth, so the whole exponential takes four
+    short vectorised loops (2.2 ms for 1.6 M elements against 5.2 ms with floor and Horner,
+    18.6 ms for MLX's own scalar exp). Compiled callers only: uncompiled it is many passes.
+    """
     x = mx.clip(x, -87.0, 88.0)
-    n = mx.floor(x * 1.4426950408889634 + 0.5)
+    n = (x * 1.4426950408889634 + 12582912.0) - 12582912.0
     r = x - n * 0.693145751953125 - n * 1.428606765330187e-06
-    p = 1.0 + r * (1.0 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720))))))
+    r2 = r * r
+    p = (1.0 + r + r2 * (0.5 + r * (1 / 6))) + (r2 * r2) * (
+        (1 / 24 + r * (1 / 120)) + r2 * (1 / 720)
+    )
     two_n = mx.stop_gradient(mx.view((n.astype(mx.int32) + 127) << 23, mx.float32))
     return p * two_n
 
