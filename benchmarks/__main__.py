@@ -119,7 +119,7 @@ def markdown(result: dict) -> str:
         f"{m['date']}, {m['os']} {m['machine']}, Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + ".",
-        f"MLX device: {m['mlx_device']}; MLX BLAS: {m['blas']}.",
+        f"MLX device: {m['mlx_device']}; MLX BLAS: {m['blas']}; large buffers: {m.get('allocator', 'not recorded')}.",
         f"Measured peak (float32 {m['numpy_matmul']['n']}³ matrix product): NumPy {peak:.0f} GFLOP/s, "
         f"MLX {m['mlx_matmul']['gflops']:.0f} GFLOP/s. `% of peak` below is against NumPy's.",
         f"Mode: {'quick' if result['quick'] else 'full'}; medians over repeats after a warm-up, "

@@ -5,9 +5,11 @@ The package is light on import: the modules that the two backends share (``sourc
 MLX is not installed. ``HookedModel``, ``load_model`` and the cache load MLX when first used.
 """
 
+from .allocator import keep_large_allocations
 from .blas import use_optimised_blas
 
 use_optimised_blas()  # before mlx.core is first loaded; see blas.py
+keep_large_allocations()  # large buffers reused, not mapped afresh each time; see allocator.py
 
 __version__ = "0.1.0"
 __all__ = ["ActivationCache", "HookPoint", "HookedModel", "load_model", "__version__"]

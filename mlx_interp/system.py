@@ -43,6 +43,17 @@ def blas_info() -> str:
     return path
 
 
+def allocator_info() -> str:
+    """How large CPU buffers are allocated (see allocator.py)."""
+    from . import allocator
+
+    if sys.platform == "darwin":
+        return "MLX's own (macOS)"
+    if allocator.applied:
+        return f"glibc heap up to {allocator.THRESHOLD >> 20} MiB (mallopt; MLX_INTERP_MALLOC=system for glibc's defaults)"
+    return "glibc defaults (buffers over 32 MB mapped afresh each time)"
+
+
 def _cblas_sgemm_library() -> str | None:
     """The file that defines the cblas_sgemm MLX binds to, found with dlsym + dladdr."""
     import ctypes
@@ -102,6 +113,7 @@ def machine_summary() -> dict[str, str]:
         "python": platform.python_version(),
         "mlx_device": mlx_device(),
         "blas": blas_info(),
+        "allocator": allocator_info(),
         **{f"{k}_version": v for k, v in package_versions().items()},
     }
 

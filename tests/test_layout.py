@@ -20,7 +20,18 @@ PACKAGE = ROOT / "mlx_interp"
 LAYERS = [
     # no model, no MLX needed: files, BLAS binding, machine facts, hook points, options, checks,
     # several processes and their launcher
-    {"mlx_interp", "io", "blas", "system", "hooks", "options", "checks", "distributed", "launch"},
+    {
+        "mlx_interp",
+        "io",
+        "blas",
+        "allocator",
+        "system",
+        "hooks",
+        "options",
+        "checks",
+        "distributed",
+        "launch",
+    },
     {"sources"},  # model folders: aliases, repo ids, GGUF conversion (shared with torch_ref)
     {"models"},  # one file per architecture
     {"model"},  # HookedModel, load_model

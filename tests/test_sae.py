@@ -499,3 +499,30 @@ def test_decoder_projection_and_clipping_train(tmp_path, backend):
         sae = SAE.load(tmp_path / name / "h")
         norms = np.linalg.norm(np.array(sae.W_dec), axis=1) * s["hooks"]["h"]["input_scale"]
         np.testing.assert_allclose(norms, 1, rtol=1e-4)
+
+
+def test_next_token_terms_match_float64_log_softmax():
+    from mlx_interp.sae.eval import _next_token_terms
+
+    rng = np.random.default_rng(0)
+    shape, vocab = (3, 7), 5000
+    clean = rng.normal(0, 4, (*shape, vocab))
+    clean[0, 0, 11] += 45.0  # a confident prediction: p near 1 on one token
+    logits = {"clean": clean, "sae": clean + rng.normal(0, 0.7, clean.shape),
+              "zero": rng.normal(0, 6, clean.shape)}  # fmt: skip
+    target = rng.integers(0, vocab, shape)
+    target[0, 0] = 11
+    got = _next_token_terms()(
+        *(mx.array(z.astype(np.float32)) for z in logits.values()), mx.array(target)
+    )
+    z32 = {k: z.astype(np.float32).astype(np.float64) for k, z in logits.items()}
+    lp = {k: z - z.max(-1, keepdims=True) for k, z in z32.items()}
+    lp = {k: z - np.log(np.exp(z).sum(-1, keepdims=True)) for k, z in lp.items()}
+    pick = np.take_along_axis
+    want = [-pick(lp[k], target[..., None], -1)[..., 0] for k in ("clean", "sae", "zero")]
+    p = np.exp(lp["clean"])
+    want += [(p * (lp["clean"] - lp[k])).sum(-1) for k in ("sae", "zero")]
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == shape
+        np.testing.assert_allclose(np.array(g), w, rtol=1e-5, atol=2e-5)
+    assert float(np.array(got[0])[0, 0]) < 1e-3  # the confident, right prediction

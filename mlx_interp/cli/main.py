@@ -14,7 +14,7 @@ from .common import DEFAULT_MODEL  # noqa: F401 - the default --model of every c
 def cmd_info(args) -> int:
     from mlx.utils import tree_flatten
 
-    from ..system import blas_info, mlx_device, package_versions
+    from ..system import allocator_info, blas_info, mlx_device, package_versions
     from .common import model_from_args
 
     model = model_from_args(args)
@@ -29,6 +29,7 @@ def cmd_info(args) -> int:
     )
     print(f"mlx device   {mlx_device()}")
     print(f"blas         {blas_info()}")
+    print(f"allocator    {allocator_info()}")
     print("versions     " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
     per_block = [n.split(".", 2)[2] for n in model.hook_names if n.startswith("blocks.0.")]
     outside = [n for n in model.hook_names if not n.startswith("blocks.")]

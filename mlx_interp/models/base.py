@@ -34,6 +34,11 @@ def _exp_cpu(x: mx.array) -> mx.array:
     return p * two_n
 
 
+def exp(x: mx.array) -> mx.array:
+    """``mx.exp``, or on the CPU ``_exp_cpu`` (for compiled callers: MLX's CPU exp is scalar)."""
+    return _exp_cpu(x) if mlx_device() == "cpu" else mx.exp(x)
+
+
 def _times_sigmoid_cpu(g: mx.array, z: mx.array) -> mx.array:
     """g * sigmoid(z) in float32, through ``_exp_cpu``."""
     return g / (1.0 + _exp_cpu(-z))

@@ -13,6 +13,7 @@ FVU = 1 - explained variance), and the zero ablation zeroes the output hook.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,9 +28,46 @@ if TYPE_CHECKING:
     from ..model import HookedModel
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+def next_token_terms(clean, sae, zero, target):
+    """Per position, from three logits (..., vocab) of one batch and the next tokens (...):
+    the cross-entropies -log p(target) under clean, sae and zero, and KL(clean || sae),
+    KL(clean || zero); five float32 arrays of target's shape, on MLX's device.
+
+    KL(p || q) = sum p (z_p - z_q) - lse(z_p) + lse(z_q) (z logits, lse log-sum-exp), so
+    only the clean distribution is exponentiated: one pass over each vocabulary row per
+    term, where log-softmaxes in float64 NumPy took about 1.4 s a batch of 1024 tokens
+    over SmolLM2's 49,152 tokens (40 % of eval-sae's time); within 1e-5 of those.
+    """
+    import mlx.core as mx
+
+    from ..models.base import exp
+
+    ones = mx.ones((clean.shape[-1], 1), mx.float32)
+
+    def row_sum(x):  # BLAS's blocked sums: MLX's CPU sum of 49,152 floats runs one by one
+        return x @ ones
+
+    def logsumexp(z):
+        m = z.max(axis=-1, keepdims=True)
+        return m + mx.log(row_sum(exp(z - m)))
+
+    z = {"clean": clean, "sae": sae, "zero": zero}
+    z = {k: v.astype(mx.float32) for k, v in z.items()}
+    lse = {k: logsumexp(v) for k, v in z.items()}
+    idx = target[..., None]
+    ce = [(lse[k] - mx.take_along_axis(z[k], idx, axis=-1))[..., 0] for k in z]
+    p_clean = exp(z["clean"] - lse["clean"])
+    kl = [(row_sum(p_clean * (z["clean"] - z[k])) - lse["clean"] + lse[k])[..., 0]
+          for k in ("sae", "zero")]  # fmt: skip
+    return (*ce, *kl)
+
+
+@functools.cache
+def _next_token_terms():
+    """``next_token_terms`` compiled (one trace per batch shape; the fast CPU exp needs it)."""
+    import mlx.core as mx
+
+    return mx.compile(next_token_terms)
 
 
 def evaluate_sae(
@@ -137,18 +175,16 @@ def evaluate_sae(
             toks, fwd_hooks=[(target_hook, lambda x, hook, r=zeroed: mx.array(r))], **resume
         )
         # next-token prediction at every position whose target is a real token
-        target = win.tokens[:, 1:]
         valid = win.kinds[:, 1:] != PAD
-        idx = np.nonzero(valid)
-        lp = {}
-        for name, lg in (("clean", logits), ("sae", logits_sae), ("zero", logits_zero)):
-            z = np.asarray(lg[:, :-1].astype(mx.float32))[idx]
-            lp[name] = _log_softmax(z.astype(np.float64))
-            ce[name] += float(-lp[name][np.arange(len(z)), target[idx]].sum())
-        p_clean = np.exp(lp["clean"])
-        kl += float((p_clean * (lp["clean"] - lp["sae"])).sum())
-        kl_zero += float((p_clean * (lp["clean"] - lp["zero"])).sum())
-        n_pred += len(idx[0])
+        terms = _next_token_terms()(
+            logits[:, :-1], logits_sae[:, :-1], logits_zero[:, :-1], mx.array(win.tokens[:, 1:])
+        )
+        terms = [np.asarray(t, np.float64)[valid].sum() for t in terms]
+        for name, value in zip(("clean", "sae", "zero"), terms[:3], strict=True):
+            ce[name] += float(value)
+        kl += float(terms[3])
+        kl_zero += float(terms[4])
+        n_pred += int(valid.sum())
     if acc.n == 0:
         raise ValueError("no evaluation tokens: the data is empty")
     result = acc.result()
