@@ -79,6 +79,8 @@ def run_all(models: list[str], quick: bool) -> list[dict]:
     backends = [("mlx", "float32"), ("mlx", "bfloat16"), ("torch", "float32")]
     if not quick and mlx_device() == "gpu":  # on the CPU half precision has no BLAS: ~10x slower
         backends.insert(2, ("mlx", "float16"))
+    if quick and mlx_device() == "cpu":  # and takes half a minute of the quick run for that
+        backends.remove(("mlx", "bfloat16"))
     if torch.backends.mps.is_available():
         backends.append(("torch-mps", "float32"))
     rows = []

@@ -165,7 +165,9 @@ def sae_section(r: Report) -> None:
             f"Training curves of the SAE at {hook} ({training['tokens']} tokens, {training['backend']})",
         )
     final = training["hooks"][hook].get("final") or {}
-    r.add(f"Trained for {training['steps']} steps ({training['tokens']} tokens) with the "
+    epochs = (_load(r.run / "pipeline.json") or {}).get("sae_epochs", 1)
+    reads = f", activations extracted once and read {epochs} times" if epochs > 1 else ""
+    r.add(f"Trained for {training['steps']} steps ({training['tokens']} tokens{reads}) with the "
           f"{training['backend']} backend; at the end of training: L0 {_fmt(final.get('l0'))}, "
           f"explained variance {_fmt(final.get('explained_variance'))}, dead fraction "
           f"{_fmt(final.get('dead_fraction'))}.", "")  # fmt: skip

@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="results/demo", help="run folder (default results/demo)")
     sp.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in minutes")
     sp.add_argument("--hook", help="SAE hook (default: the middle layer's hook_resid_post)")
-    sp.add_argument("--sae-tokens", type=int, help="SAE training tokens (default 400000)")
+    sp.add_argument(
+        "--sae-tokens",
+        type=int,
+        help="SAE training tokens, read twice from half as many extracted (default 409600)",
+    )
     sp.add_argument("--skip", action="append", choices=["basics", "analysis", "sae", "sae_eval", "features", "bench"],
                     help="leave out a stage (repeat)")  # fmt: skip
     sp.add_argument("--seed", type=int, default=0)

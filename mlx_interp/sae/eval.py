@@ -47,16 +47,15 @@ def next_token_terms(clean, sae, zero, target):
     def row_sum(x):  # BLAS's blocked sums: MLX's CPU sum of 49,152 floats runs one by one
         return x @ ones
 
-    def logsumexp(z):
-        m = z.max(axis=-1, keepdims=True)
-        return m + mx.log(row_sum(exp(z - m)))
-
     z = {"clean": clean, "sae": sae, "zero": zero}
     z = {k: v.astype(mx.float32) for k, v in z.items()}
-    lse = {k: logsumexp(v) for k, v in z.items()}
+    top = {k: v.max(axis=-1, keepdims=True) for k, v in z.items()}
+    e = {k: exp(z[k] - top[k]) for k in z}
+    total = {k: row_sum(e[k]) for k in z}
+    lse = {k: top[k] + mx.log(total[k]) for k in z}
     idx = target[..., None]
     ce = [(lse[k] - mx.take_along_axis(z[k], idx, axis=-1))[..., 0] for k in z]
-    p_clean = exp(z["clean"] - lse["clean"])
+    p_clean = e["clean"] / total["clean"]
     kl = [(row_sum(p_clean * (z["clean"] - z[k])) - lse["clean"] + lse[k])[..., 0]
           for k in ("sae", "zero")]  # fmt: skip
     return (*ce, *kl)
