@@ -82,6 +82,29 @@ def test_unit_stats_match_brute_force():
                 assert np.isnan(acc.ctx_acts[u, s, 1])
 
 
+def test_unit_stats_of_sparse_units_match_brute_force():
+    """SAE features fire rarely: the sparse candidate path gives the same top-k and context
+    as the dense one would (here 8 of 40 units fire on a row, many units on fewer than
+    top_k tokens: the rest of their top-k stays empty, -inf)."""
+    batches = _batches(U=40)
+    rng = np.random.default_rng(1)
+    for acts, *_ in batches:
+        acts[rng.random(acts.shape) > 0.05] = 0.0
+    cfg = StatsConfig(top_k=5, context_left=2, context_right=1)
+    acc = UnitStats(40, 20, cfg)
+    _feed(acc, batches)
+    a = np.concatenate([np.maximum(b[0], 0).reshape(-1, 40) for b in batches])
+    keep = np.concatenate([b[2].reshape(-1) for b in batches])
+    top = -np.sort(-a[keep], axis=0)[:5].T
+    np.testing.assert_allclose(acc.top_vals, np.where(top > 0, top, -np.inf), rtol=1e-6)
+    assert (acc.fires < 5).any() and (acc.fires >= 5).any()
+    filled = np.isfinite(acc.top_vals)
+    np.testing.assert_allclose(acc.ctx_acts[:, :, 2][filled], acc.top_vals[filled], rtol=1e-6)
+    for u, s in zip(*np.nonzero(filled), strict=True):
+        b, wi = divmod(int(acc.top_window[u, s]), 3)
+        assert batches[b][0][wi, acc.top_pos[u, s], u] == acc.top_vals[u, s]
+
+
 def test_memory_is_bounded_by_units_not_tokens():
     cfg = StatsConfig(top_k=4, max_pairs=50)
     acc = UnitStats(7, 20, cfg)
@@ -228,3 +251,22 @@ def test_feature_interventions(setup):
         feature_ablation(model, sae, text, [96])
     with pytest.raises(ValueError, match="mode"):
         steer_feature(model, sae, "the", 0, "multiply", 1.0)
+
+
+def test_logit_effects_are_the_sorted_extremes_of_the_unembedded_directions(setup):
+    import mlx.core as mx
+
+    from mlx_interp.features.collect import logit_effects
+
+    model = setup["model"]
+    d = np.random.default_rng(0).standard_normal((7, model.cfg.d_model)).astype(np.float32)
+    pos_ids, pos_vals, neg_ids, neg_vals = logit_effects(model, d, top=10, chunk=3)
+    base = np.asarray(model.unembed(mx.zeros((1, d.shape[1]))), np.float64)
+    eff = np.asarray(model.unembed(mx.array(d)), np.float64) - base
+    order = np.argsort(-eff, axis=1)
+    np.testing.assert_array_equal(pos_ids, order[:, :10])
+    np.testing.assert_array_equal(neg_ids, order[:, ::-1][:, :10])
+    np.testing.assert_allclose(pos_vals, np.take_along_axis(eff, order[:, :10], 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        neg_vals, np.take_along_axis(eff, order[:, ::-1][:, :10], 1), rtol=1e-5
+    )

@@ -67,19 +67,23 @@ def logit_effects(model: HookedModel, directions: np.ndarray, top: int = 10, chu
     """
     import mlx.core as mx
 
+    from ..sae.sae import topk_indices
+
     n = len(directions)
     out = [np.zeros((n, top), np.int32), np.zeros((n, top), np.float32)] * 2
     out = [a.copy() for a in out]
     base = model.unembed(mx.zeros((1, directions.shape[1]), model.dtype)).astype(mx.float32)
     for s in range(0, n, chunk):
         d = mx.array(np.asarray(directions[s : s + chunk], np.float32)).astype(model.dtype)
-        eff = np.asarray(model.unembed(d).astype(mx.float32) - base)
+        eff = model.unembed(d).astype(mx.float32) - base  # (chunk, d_vocab), never to NumPy
         for j, sign in ((0, 1), (2, -1)):
-            idx = np.argpartition(-sign * eff, top - 1, axis=1)[:, :top]
-            v = np.take_along_axis(eff, idx, 1)
-            o = np.argsort(-sign * v, axis=1)
-            out[j][s : s + chunk] = np.take_along_axis(idx, o, 1)
-            out[j + 1][s : s + chunk] = np.take_along_axis(v, o, 1)
+            # the two-stage exact top-k of the SAE trainer: 10 of 49,152 in a fraction of a
+            # full partition's time (which took 9.5 of the feature pass's 75 s on SmolLM2)
+            idx = topk_indices(sign * eff, top)
+            v = mx.take_along_axis(eff, idx, axis=1)
+            o = mx.argsort(-sign * v, axis=1)
+            out[j][s : s + chunk] = np.asarray(mx.take_along_axis(idx, o, axis=1))
+            out[j + 1][s : s + chunk] = np.asarray(mx.take_along_axis(v, o, axis=1))
     return tuple(out)
 
 

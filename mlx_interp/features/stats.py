@@ -161,16 +161,34 @@ class UnitStats:
                 continue
             sel = half[rows] == h
             self.tables[h].add(tok[rows[sel]] * U + units[sel], vals[sel].astype(np.float64))
-        self._merge_top(A, a, keep, real, tok, doc, n_win, C, first_window)
+        self._merge_top(A, a, keep, real, tok, doc, n_win, C, first_window, (rows, units, vals))
 
-    def _merge_top(self, A, a, keep, real, tok, doc, n_win, C, first_window) -> None:
-        K = self.cfg.top_k
+    def _candidates(self, A: np.ndarray, kk: int, nonzero) -> tuple[np.ndarray, np.ndarray]:
+        """(batch rows, values), each (U, kk): each unit's kk largest positive values in the
+        batch (-inf where it has fewer)."""
         R, U = A.shape
-        kk = min(K, R)
-        AT = np.ascontiguousarray(A.T)  # selecting along a contiguous axis is 2-3x faster
-        cand_rows = np.argpartition(-AT, kk - 1, axis=1)[:, :kk]  # (U, kk) batch rows
-        cand_vals = np.take_along_axis(AT, cand_rows, axis=1)
-        cand_vals = np.where(cand_vals > 0, cand_vals, -np.inf).astype(np.float32)
+        rows, units, vals = nonzero
+        if len(vals) > R * U // 16:  # dense (neurons): a partition of every unit's column
+            AT = np.ascontiguousarray(A.T)  # selecting along a contiguous axis is 2-3x faster
+            cand_rows = np.argpartition(-AT, kk - 1, axis=1)[:, :kk]
+            cand_vals = np.take_along_axis(AT, cand_rows, axis=1)
+            return cand_rows, np.where(cand_vals > 0, cand_vals, -np.inf).astype(np.float32)
+        # sparse (SAE features: k of d_sae fire per row): rank the firings within each unit,
+        # largest first, an earlier row first among equals; 30x less work at k 32 of 9216
+        order = np.lexsort((rows, -vals, units))
+        u = units[order]
+        rank = np.arange(len(u)) - np.searchsorted(u, u)
+        top = order[rank < kk]
+        cand_rows = np.zeros((U, kk), np.int64)
+        cand_vals = np.full((U, kk), -np.inf, np.float32)
+        cand_rows[units[top], rank[rank < kk]] = rows[top]
+        cand_vals[units[top], rank[rank < kk]] = vals[top]
+        return cand_rows, cand_vals
+
+    def _merge_top(self, A, a, keep, real, tok, doc, n_win, C, first_window, nonzero) -> None:
+        K = self.cfg.top_k
+        kk = min(K, A.shape[0])
+        cand_rows, cand_vals = self._candidates(A, kk, nonzero)
         all_vals = np.concatenate([self.top_vals, cand_vals], axis=1)
         order = np.argsort(-all_vals, axis=1, kind="stable")[:, :K]  # old entries win ties
         is_new = order >= K

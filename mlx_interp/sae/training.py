@@ -111,7 +111,9 @@ class TrainConfig:
     normalize_activations: bool = option(True, "train on raw activations", flag="--no-normalize")
     b_dec_init: str = "geometric_median"
     init_rows: int = 16384
-    buffer_rows: int = option(65536, "rows per shuffle block, exactly (see sae.buffer)")
+    buffer_rows: int = option(
+        65536, "rows per shuffle block, exactly, at most the run's tokens (see sae.buffer)"
+    )
     sparse_decode: bool = option(True, "TopK: decode with a dense product", flag="--dense-decode")
     seed: int = option(0, "random seed")
     log_every: int = option(50, "steps between log lines")
@@ -763,7 +765,8 @@ def _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progre
         d_ins = ckpt[0]["d_in"]
         d_outs = ckpt[0].get("d_out", {})
     else:
-        sample = _init_sample(source, reads, tc.init_rows)
+        # (the rows of the run's first steps; no more than the run will use)
+        sample = _init_sample(source, reads, min(tc.init_rows, tc.total_steps * tc.batch_size))
         d_ins = {h: int(sample[units[h][0]].shape[1]) for h in hooks}
         d_outs = {h: int(sample[units[h][1]].shape[1]) for h in hooks if units[h][1]}
     widths = {units[h][0]: d_ins[h] for h in hooks}
@@ -869,7 +872,10 @@ def _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progre
             backends[h] = make_backend(cfgs[h], tcs[h], params, scale, **extra)
             scales[h] = scale
         step, log, buffer_state = 0, [], None
-    buffer = ShuffleBuffer(source, tc.batch_size, tc.buffer_rows, tc.seed, buffer_state)
+    # a run shorter than a shuffle block shuffles its own rows: a whole block would make the
+    # model compute (and the first step wait for) rows the run never uses
+    buffer_rows = min(tc.buffer_rows, total * tc.batch_size)
+    buffer = ShuffleBuffer(source, tc.batch_size, buffer_rows, tc.seed, buffer_state)
     with_aux = {h: False for h in hooks}
     if step > 0:
         with_aux = {h: _has_aux(tcs[h]) and backends[h].n_dead() > 0 for h in hooks}
