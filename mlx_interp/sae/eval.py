@@ -55,8 +55,8 @@ def next_token_terms(clean, sae, zero, target):
     lse = {k: top[k] + mx.log(total[k]) for k in z}
     idx = target[..., None]
     ce = [(lse[k] - mx.take_along_axis(z[k], idx, axis=-1))[..., 0] for k in z]
-    p_clean = e["clean"] / total["clean"]
-    kl = [(row_sum(p_clean * (z["clean"] - z[k])) - lse["clean"] + lse[k])[..., 0]
+    # sum p (z_clean - z_k) with p = e / total: divide the row sums, not the rows
+    kl = [(row_sum(e["clean"] * (z["clean"] - z[k])) / total["clean"] - lse["clean"] + lse[k])[..., 0]
           for k in ("sae", "zero")]  # fmt: skip
     return (*ce, *kl)
 
@@ -167,17 +167,13 @@ def evaluate_sae(
         shape = acts[target_hook].shape
         spliced = np.where(keep[:, None], x_hat, y).reshape(shape)
         zeroed = np.where(keep[:, None], 0.0, y).reshape(shape).astype(np.float32)
-        logits_sae = model.run_with_hooks(
-            toks, fwd_hooks=[(target_hook, lambda x, hook, r=spliced: mx.array(r))], **resume
-        )
-        logits_zero = model.run_with_hooks(
-            toks, fwd_hooks=[(target_hook, lambda x, hook, r=zeroed: mx.array(r))], **resume
-        )
-        # next-token prediction at every position whose target is a real token
-        valid = win.kinds[:, 1:] != PAD
-        terms = _next_token_terms()(
-            logits[:, :-1], logits_sae[:, :-1], logits_zero[:, :-1], mx.array(win.tokens[:, 1:])
-        )
+        logits_sae, logits_zero = (_spliced_run(model, toks, target_hook, r, resume)
+                                   for r in (spliced, zeroed))  # fmt: skip
+        # next-token prediction at every position whose target is a real token (whole
+        # logits: a [:, :-1] view would make every elementwise kernel a strided one, 2x slower)
+        target, valid = np.zeros_like(win.tokens), np.zeros(win.tokens.shape, bool)
+        target[:, :-1], valid[:, :-1] = win.tokens[:, 1:], win.kinds[:, 1:] != PAD
+        terms = _next_token_terms()(logits, logits_sae, logits_zero, mx.array(target))
         terms = [np.asarray(t, np.float64)[valid].sum() for t in terms]
         for name, value in zip(("clean", "sae", "zero"), terms[:3], strict=True):
             ce[name] += float(value)
@@ -237,6 +233,21 @@ def evaluate_sae(
                 "non-finite values"
             )
     return report, acc.density()
+
+
+def _spliced_run(model, toks, target_hook: str, replacement: np.ndarray, resume: dict):
+    """Logits with ``target_hook``'s activation replaced; from the hook's block on
+    (``resume``), or for a residual stream after block L (blocks.L.hook_resid_post) from
+    block L + 1, whose whole input it is: one block fewer to run twice a batch."""
+    import mlx.core as mx
+
+    from ..model import layer_of
+
+    layer = layer_of(target_hook)
+    if target_hook == f"blocks.{layer}.hook_resid_post" and layer + 1 < model.cfg.n_layers:
+        return model.run_with_hooks(toks, start_at_layer=layer + 1, resid=mx.array(replacement))
+    hooks = [(target_hook, lambda x, hook: mx.array(replacement))]
+    return model.run_with_hooks(toks, fwd_hooks=hooks, **resume)
 
 
 def _output_hook(cfg, model, hook_out: str | None, force: bool) -> str:
