@@ -42,10 +42,10 @@ if TYPE_CHECKING:
 
 _NOT_PER_TOKEN = ("hook_attn_scores", "hook_pattern")
 # On the CPU a batch runs as forward passes of at most this many windows (1024 tokens at the
-# default context): MLX's CPU kernels are memory-bound, and the (batch x pos, d_mlp)
-# temporaries of larger passes fall out of the caches (SmolLM2 to layer 15, 64 windows of
-# 128: 555 tokens/s in one pass, 652-667 in passes of 4 to 16). The rows are the same: a
-# window never sees another. A GPU takes the whole batch at once.
+# default context), which bounds the temporaries. (It was chosen when large passes were
+# slower, 555 against 660 tokens/s for 64 windows: their buffers over 32 MB were mapped
+# afresh each time; since allocator.py, passes of 8 to 64 windows run alike, 1020-1075.)
+# The rows are the same: a window never sees another. A GPU takes the whole batch at once.
 CPU_PASS_WINDOWS = 8
 
 
