@@ -94,7 +94,7 @@ def test_mlx_lm_folder_loads_with_same_hooks_and_logits_as_mlx_lm(llama3, mlx_lm
     _, fcache = f.run_with_cache(x)
     assert all(cache[n].shape == fcache[n].shape for n in f.hook_names)
     # on-load quantization gives the very same model as the converted folder
-    assert rel(load_model(llama3, quantize=4)(x), logits) == 0.0
+    assert rel(load_model(llama3, quantize=4)(x), q(x)) == 0.0
 
 
 def test_per_layer_overrides_load_like_mlx_lm(llama3, tmp_path):

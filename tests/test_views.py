@@ -54,7 +54,10 @@ def test_attention_view_is_the_cached_pattern(peaked):
     assert max(max(r) for r in data["patterns"][0][0][1:]) > 0.5  # peaked: not uniform
     sub = attention_view(peaked, TEXT, layers=[-1])
     assert sub.data["layers"] == [peaked.cfg.n_layers - 1]
-    assert sub.data["patterns"][0] == data["patterns"][-1]
+    # (the other layers ran without their pattern hooks: on the CPU the fused path, within 1e-6)
+    np.testing.assert_allclose(np.concatenate([np.concatenate(r) for r in sub.data["patterns"][0]]),
+                               np.concatenate([np.concatenate(r) for r in data["patterns"][-1]]),
+                               atol=2e-5)  # fmt: skip
 
 
 def test_pages_stand_alone_and_escape_text(peaked, tmp_path):
