@@ -11,15 +11,17 @@ buffers stay in the heap and the next array of that size reuses them.
 
 The cost: memory freed by MLX is kept by the process for reuse rather than returned to
 the system, so the resident size stays at its peak (which for our pipelines is the size
-of one batch's working set). ``MLX_INTERP_MALLOC=system`` keeps glibc's defaults.
-``mlx_interp`` calls ``keep_large_allocations()`` on import; on macOS (Metal's own
-allocator) and on C libraries other than glibc nothing happens.
+of one batch's working set). It applies to the whole process (PyTorch's CPU tensors come
+from malloc too, and gain as well) and to the main heap; allocations in threads' own
+arenas over their 64 MiB size are still mapped. ``MLX_INTERP_MALLOC=system`` keeps glibc's
+defaults. ``mlx_interp`` calls ``keep_large_allocations()`` on import; on macOS (MLX's
+Metal allocator), on C libraries without ``mallopt`` (musl) or where glibc refuses the
+setting nothing happens, and ``mlx-interp info`` says which.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -37,11 +39,12 @@ def keep_large_allocations() -> bool:
     if applied or sys.platform != "linux" or os.environ.get("MLX_INTERP_MALLOC") == "system":
         return applied
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):  # no mallopt (musl)
         return False
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD)) and bool(
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # the mmap threshold is what matters; the trim threshold keeps the heap's top for reuse
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD))
+    if applied:
         mallopt(_M_TRIM_THRESHOLD, 2 * THRESHOLD)
-    )
     return applied

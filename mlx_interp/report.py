@@ -167,10 +167,13 @@ def sae_section(r: Report) -> None:
     final = training["hooks"][hook].get("final") or {}
     epochs = (_load(r.run / "pipeline.json") or {}).get("sae_epochs", 1)
     reads = f", activations extracted once and read {epochs} times" if epochs > 1 else ""
+    window = (training.get("train_config") or {}).get(hook, {}).get("dead_tokens")
+    dead = f"dead fraction {_fmt(final.get('dead_fraction'))}"
+    if window and window >= training["tokens"]:  # no latent can go unfired that long
+        dead += f" (a latent counts as dead after {window} tokens unfired, more than the run)"
     r.add(f"Trained for {training['steps']} steps ({training['tokens']} tokens{reads}) with the "
           f"{training['backend']} backend; at the end of training: L0 {_fmt(final.get('l0'))}, "
-          f"explained variance {_fmt(final.get('explained_variance'))}, dead fraction "
-          f"{_fmt(final.get('dead_fraction'))}.", "")  # fmt: skip
+          f"explained variance {_fmt(final.get('explained_variance'))}, {dead}.", "")  # fmt: skip
     metrics = r.artefact("sae_eval/metrics.json", "mlx-interp eval-sae")
     if not metrics:
         return

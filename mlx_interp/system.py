@@ -51,7 +51,9 @@ def allocator_info() -> str:
         return "MLX's own (macOS)"
     if allocator.applied:
         return f"glibc heap up to {allocator.THRESHOLD >> 20} MiB (mallopt; MLX_INTERP_MALLOC=system for glibc's defaults)"
-    return "glibc defaults (buffers over 32 MB mapped afresh each time)"
+    if sys.platform == "linux":
+        return "the C library's defaults (with glibc: buffers over 32 MB mapped afresh each time)"
+    return "the C library's defaults"
 
 
 def _cblas_sgemm_library() -> str | None:

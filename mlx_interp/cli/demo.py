@@ -108,8 +108,8 @@ def train_sae_stage(model, hook: str, out: Path, budget: dict, seed: int, model_
                     log=print) -> dict:  # fmt: skip
     """Extract ``hook``'s activations over the train split once (``out/activations``,
     resumable), train the SAE on them ``SAE_EPOCHS`` times over with the default recipe
-    (``TrainConfig``: budget-scaled learning rate), then delete the activations (the SAE and
-    its training.json stay)."""
+    (``TrainConfig``: learning rate scaled with the width, warm-up and decay with the run),
+    then delete the activations (the SAE and its training.json stay)."""
     import json
     import math
     import shutil
@@ -127,6 +127,11 @@ def train_sae_stage(model, hook: str, out: Path, budget: dict, seed: int, model_
     rows = sum(s["n_rows"] for s in meta["shards"])
     batch = budget["sae_batch"]
     tokens = min(budget["sae_tokens"], rows * SAE_EPOCHS // batch * batch)
+    if tokens == 0:
+        raise ValueError(
+            f"the extraction gave {rows} rows, fewer than one training batch ({batch}) over "
+            f"{SAE_EPOCHS} epochs; give more --sae-tokens"
+        )
     log(f"      {rows} rows extracted; training on {tokens} ({SAE_EPOCHS} epochs, batch {batch})")
     tc = TrainConfig(architecture="topk", expansion=16, k=32, tokens=tokens, batch_size=batch,
                      seed=seed, log_every=10)  # fmt: skip

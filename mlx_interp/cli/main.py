@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--sae-tokens",
         type=int,
-        help="SAE training tokens, read 3 times from a third as many extracted (default 380928)",
+        help="SAE training tokens, read 3 times from a third as many extracted (default 380928; 8192 with --quick)",
     )
     sp.add_argument("--skip", action="append", choices=["basics", "analysis", "sae", "sae_eval", "features", "bench"],
                     help="leave out a stage (repeat)")  # fmt: skip
