@@ -165,7 +165,7 @@ def sae_section(r: Report) -> None:
             f"Training curves of the SAE at {hook} ({training['tokens']} tokens, {training['backend']})",
         )
     final = training["hooks"][hook].get("final") or {}
-    epochs = (_load(r.run / "pipeline.json") or {}).get("sae_epochs", 1)
+    epochs = (training.get("data") or {}).get("epochs", 1)
     reads = f", activations extracted once and read {epochs} times" if epochs > 1 else ""
     window = (training.get("train_config") or {}).get(hook, {}).get("dead_tokens")
     dead = f"dead fraction {_fmt(final.get('dead_fraction'))}"

@@ -691,6 +691,13 @@ CASES = [
         "out",
     ),  # fmt: skip
     (
+        "demo-sae-tokens-below-batch",
+        "demo --model {gpt2} --out {out} --quick --sae-tokens 100",
+        E,
+        r"at least one training batch \(512\), got 100",
+        "out",
+    ),  # fmt: skip
+    (
         "demo-hook-unknown",
         "demo --model {gpt2} --out {out} --hook blocks.1.hook_nope",
         E,

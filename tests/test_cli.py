@@ -109,6 +109,7 @@ def test_demo_runs_every_stage_resumes_and_reports(checkpoint_dir, tmp_path, cap
         assert (out / f).exists(), f
 
     assert not (out / "sae" / "activations").exists()  # extracted once, trained on, deleted
+    assert json.loads((out / "sae" / "training.json").read_text())["data"]["epochs"] == 3
     report = (out / "report.md").read_text()
     assert "activations extracted once and read 3 times" in report
     for heading in ["## Set-up", "## Activation experiments", "## Sparse autoencoder", "## Feature analysis",

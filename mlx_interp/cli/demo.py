@@ -206,7 +206,7 @@ def _run_demo(model_name, out: Path, quick, hook, sae_tokens, skip, seed, log) -
     hook = hook or f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     model.check_hook_name(hook)
     write_json(out / "pipeline.json", {
-        "model": model_name, "hook": hook, "seed": seed, "quick": quick, **budget, "sae_epochs": SAE_EPOCHS,
+        "model": model_name, "hook": hook, "seed": seed, "quick": quick, **budget,
         "data": "the offline default corpus (mlx_interp.data): train split for training, held-out split for evaluation",
     })  # fmt: skip
     prompts = out / "prompts.txt"

@@ -107,6 +107,8 @@ def train_saes(
         record = read_metadata(activations).get("data_source") or {}
         source = extraction_source(activations, reads, epochs=epochs, stats=stats)
         meta = {"dataset_path": record.get("data", str(activations)), "activations": str(activations)}  # fmt: skip
+        if epochs > 1:  # read more than once: part of what the SAE was trained on
+            meta["epochs"] = epochs
         model_name = _extraction_model(activations, model_name)
     else:
         data_source = DataSource(data, split).check()

@@ -120,9 +120,12 @@ def evaluate_sae(
     hook = check_sae_for_model(sae.cfg, model, hook, model_name, force)
     target_hook = _output_hook(sae.cfg, model, hook_out, force) if sae.cfg.is_transcoder else hook
     # the spliced and zero-ablated passes start at the block of the spliced hook, on the
-    # residual stream the clean pass handed it (the blocks before are the same in all three)
+    # residual stream the clean pass handed it (the blocks before are the same in all three);
+    # a residual stream after block L is block L + 1's whole input: they start there, on it
     layer = layer_of(target_hook)
-    entry = f"blocks.{layer}.hook_resid_pre" if layer is not None else None
+    resid_in = target_hook == f"blocks.{layer}.hook_resid_post" and layer + 1 < model.cfg.n_layers
+    start = layer + 1 if resid_in else None  # where the replacement enters as the residual
+    entry = f"blocks.{layer}.hook_resid_pre" if layer is not None and not resid_in else None
     names = list(dict.fromkeys([hook, target_hook]))
     cached = names + ([entry] if entry else [])
     texts = source.documents()
@@ -143,7 +146,7 @@ def evaluate_sae(
             break
         toks = mx.array(win.tokens)
         logits, cache = model.run_with_cache(toks, names_filter=cached)
-        resume = {} if entry is None else {"start_at_layer": layer, "resid": cache[entry]}
+        resume = {"start_at_layer": layer, "resid": cache[entry]} if entry else {}
         acts = {n: np.asarray(cache[n].astype(mx.float32)) for n in names}
         b, t = acts[hook].shape[:2]
         flat = {n: a.reshape(b * t, -1) for n, a in acts.items()}
@@ -172,7 +175,7 @@ def evaluate_sae(
         shape = acts[target_hook].shape
         spliced = np.where(keep[:, None], x_hat, y).reshape(shape)
         zeroed = np.where(keep[:, None], 0.0, y).reshape(shape).astype(np.float32)
-        logits_sae, logits_zero = (_spliced_run(model, toks, target_hook, r, resume)
+        logits_sae, logits_zero = (_spliced_run(model, toks, target_hook, r, resume, start)
                                    for r in (spliced, zeroed))  # fmt: skip
         # next-token prediction at every position whose target is a real token (whole
         # logits: a [:, :-1] view would make every elementwise kernel a strided one, 2x slower)
@@ -240,18 +243,16 @@ def evaluate_sae(
     return report, acc.density()
 
 
-def _spliced_run(model, toks, target_hook: str, replacement: np.ndarray, resume: dict):
-    """Logits with ``target_hook``'s activation replaced; from the hook's block on
-    (``resume``), or for a residual stream after block L (blocks.L.hook_resid_post) from
-    block L + 1, whose whole input it is: one block fewer to run twice a batch."""
+def _spliced_run(model, toks, target_hook: str, replacement: np.ndarray, resume: dict,
+                 start: int | None):  # fmt: skip
+    """Logits with ``target_hook``'s activation replaced, in the model's dtype: from the
+    hook's block on (``resume``), or from block ``start`` with the replacement as its
+    residual stream input (the hook is blocks.{start - 1}.hook_resid_post)."""
     import mlx.core as mx
 
-    from ..model import layer_of
-
-    layer = layer_of(target_hook)
-    r = mx.array(replacement).astype(model.dtype)  # in the model's precision either way
-    if target_hook == f"blocks.{layer}.hook_resid_post" and layer + 1 < model.cfg.n_layers:
-        return model.run_with_hooks(toks, start_at_layer=layer + 1, resid=r)
+    r = mx.array(replacement).astype(model.dtype)
+    if start is not None:
+        return model.run_with_hooks(toks, start_at_layer=start, resid=r)
     return model.run_with_hooks(toks, fwd_hooks=[(target_hook, lambda x, hook: r)], **resume)
 
 

@@ -956,6 +956,7 @@ def _train_sae(source, units, d_in, tc, out, backend, model_name, resume, progre
         )
     summary = {"backend": backend, "steps": step, "tokens": step * tc.batch_size, "hooks": {}}
     summary["train_config"] = meta_cfg
+    summary["data"] = meta["data"]  # what it was trained on (epochs > 1: read that many times)
     for h in hooks:
         be = backends[h]
         cfg = cfgs[h]
@@ -1014,7 +1015,8 @@ def _lr(tc: TrainConfig, step: int, total: int) -> float:
 
 def _data_identity(metadata: dict) -> dict:
     """What names the training data in ``metadata`` (compared when resuming)."""
-    keys = ("dataset_path", "dataset_fingerprint", "dataset_split", "context_size", "activations")
+    keys = ("dataset_path", "dataset_fingerprint", "dataset_split", "context_size", "activations",
+            "epochs")  # fmt: skip
     return json.loads(json.dumps({k: metadata[k] for k in keys if k in metadata}))
 
 
