@@ -11,7 +11,9 @@
 - SAE training: one optimisation step of a TopK SAE (k 32, d_in 576, batch 4096, no dead
   latents) on the same batch: mlx-interp's MLX trainer, mlx-interp's torch backend and
   SAELens's trainer (``SAETrainer._train_step``: forward, backward, gradient clipping,
-  Adam), d_sae 2304 to 36864.
+  Adam), d_sae 2304 to 36864. ``--dead 0.1``: with that fraction of the latents dead in
+  all three (their encoder bias at -30, so they stay dead), so that every step pays for
+  AuxK (k_aux = d_in / 2 in all three).
 
 Within one size, every contender runs once per round, rounds interleaved (A B C A B C ...),
 so that they share the machine's state; ratios are medians of the same rounds, marked
@@ -137,7 +139,7 @@ def extraction(batches: list[int], seq: int, rounds: int) -> dict:
     return {"model": "smollm2-135m", "hook": hook, "rows": rows, "notes": notes}
 
 
-def _saelens_step(d_in: int, d_sae: int, k: int, batch: int, lr: float):
+def _saelens_step(d_in: int, d_sae: int, k: int, batch: int, lr: float, dead: np.ndarray):
     import torch
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
@@ -147,6 +149,10 @@ def _saelens_step(d_in: int, d_sae: int, k: int, batch: int, lr: float):
     cfg = SAETrainerConfig(total_training_samples=10**9, train_batch_size_samples=batch, lr=lr,
                            lr_end=lr)  # fmt: skip
     trainer = SAETrainer(cfg, sae, data_provider=iter(()))
+    if dead.any():
+        with torch.no_grad():
+            sae.b_enc[torch.from_numpy(dead)] = DEAD_BIAS
+        trainer.n_forward_passes_since_fired[torch.from_numpy(dead)] = 10**9
 
     def step(x: torch.Tensor):
         trainer._train_step(sae, x)
@@ -155,7 +161,12 @@ def _saelens_step(d_in: int, d_sae: int, k: int, batch: int, lr: float):
     return step
 
 
-def sae_training(d_saes: list[int], batch: int, k: int, rounds: int) -> dict:
+DEAD_BIAS = -30.0  # the encoder bias of the latents made dead: they never fire
+
+
+def sae_training(
+    d_saes: list[int], batch: int, k: int, rounds: int, dead_frac: float = 0.0
+) -> dict:
     import torch
 
     from mlx_interp.sae.sae import init_params
@@ -170,18 +181,24 @@ def sae_training(d_saes: list[int], batch: int, k: int, rounds: int) -> dict:
         tc = TrainConfig(architecture="topk", d_sae=d_sae, k=k, batch_size=batch, lr=lr)
         tc = tc.resolve(d_in)
         cfg = tc.sae_config(d_in, "bench", None)
-        contenders = {}
+        dead = np.random.default_rng(1).random(d_sae) < dead_frac
+        params = init_params(cfg, seed=0)
+        params["b_enc"] = np.where(dead, DEAD_BIAS, params["b_enc"]).astype(np.float32)
+        contenders, with_aux = {}, bool(dead.any())
         for name, cls in [("mlx-interp (MLX)", MLXBackend), ("mlx-interp (torch)", TorchBackend)]:
-            be = cls(cfg, tc, init_params(cfg, seed=0), 1.0)
+            be = cls(cfg, tc, params, 1.0)
+            state = be.state_numpy()
+            state["since_fired"] = np.where(dead, 10**9, 0).astype(np.int32)
+            be.load_state_numpy(state)
             t = {"t": 0}
 
-            def run(be=be, t=t):
+            def run(be=be, t=t, aux=with_aux):
                 t["t"] += 1
-                be.step(x, lr, 0.0, t["t"], False)
+                be.step(x, lr, 0.0, t["t"], aux)
 
             contenders[name] = run
         try:
-            step = _saelens_step(d_in, d_sae, k, batch, lr)
+            step = _saelens_step(d_in, d_sae, k, batch, lr, dead)
             contenders["SAELens"] = lambda step=step: step(xt)
         except Exception as e:  # noqa: BLE001 - any failure means: skip with a note
             if not notes:
@@ -190,13 +207,14 @@ def sae_training(d_saes: list[int], batch: int, k: int, rounds: int) -> dict:
         base = timings["mlx-interp (MLX)"]
         for name, t in timings.items():
             row = {"what": "sae step", "contender": name, "d_sae": d_sae, "batch": batch, "k": k,
-                   **t.as_dict(), "tokens_per_s": t.per_second(batch)}  # fmt: skip
+                   "dead_fraction": float(dead.mean()), **t.as_dict(),
+                   "tokens_per_s": t.per_second(batch)}  # fmt: skip
             if name != "mlx-interp (MLX)":
                 row["mlx_speedup"] = ratio(base, t)
             rows.append(row)
         print(_progress(rows[-len(timings) :]), flush=True)
     return {"d_in": d_in, "k": k, "batch": batch, "torch_threads": torch.get_num_threads(),
-            "rows": rows, "notes": notes}  # fmt: skip
+            "dead_fraction": dead_frac, "rows": rows, "notes": notes}  # fmt: skip
 
 
 def _progress(rows: list[dict]) -> str:
@@ -225,7 +243,9 @@ def format_tables(result: dict) -> str:
         out += [f"- {n}" for n in ex["notes"]] + [""]
     sae = result.get("sae")
     if sae:
-        out += [f"### SAE training step (TopK, d_in {sae['d_in']}, k {sae['k']}, batch {sae['batch']}), "
+        dead = sae.get("dead_fraction", 0.0)
+        aux = f", {dead:.0%} of the latents dead (AuxK on)" if dead else ""
+        out += [f"### SAE training step (TopK, d_in {sae['d_in']}, k {sae['k']}, batch {sae['batch']}{aux}), "
                 f"tokens/s; torch threads {sae['torch_threads']}", "",
                 "| d_sae | contender | tokens/s | median ms (min-max) | MLX speed-up | load, reliability |",
                 "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -239,14 +259,14 @@ def format_tables(result: dict) -> str:
     return "\n".join(out)
 
 
-def run(quick: bool, only: set[str], batches=None, d_saes=None, rounds=None) -> dict:
+def run(quick: bool, only: set[str], batches=None, d_saes=None, rounds=None, dead=0.0) -> dict:
     result = {"quick": quick}
     if "extract" in only:
         b, r = ([1, 4], 2) if quick else ([1, 4, 16, 64], 5)
         result["extract"] = extraction(batches or b, 32 if quick else 128, rounds or r)
     if "sae" in only:
         d, batch, r = ([1152], 512, 2) if quick else ([2304, 4608, 9216, 18432, 36864], 4096, 5)
-        result["sae"] = sae_training(d_saes or d, batch, 32, rounds or r)
+        result["sae"] = sae_training(d_saes or d, batch, 32, rounds or r, dead)
     return result
 
 
@@ -260,12 +280,16 @@ def main(argv=None) -> int:
     p.add_argument("--batches", help="extraction batch sizes, e.g. 4,16 (x 128 tokens)")
     p.add_argument("--d-sae", help="SAE widths, e.g. 9216")
     p.add_argument("--rounds", type=int, help="interleaved rounds per size")
+    p.add_argument("--dead", type=float, default=0.0,
+                   help="fraction of SAE latents dead, so that AuxK runs (e.g. 0.1)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     a = p.parse_args(argv)
     ints = lambda s: [int(v) for v in s.split(",")] if s else None  # noqa: E731
     import mlx_interp  # noqa: F401  (binds the optimised BLAS before MLX runs)
 
-    result = run(a.quick, set(a.only.split(",")), ints(a.batches), ints(a.d_sae), a.rounds)
+    if not 0.0 <= a.dead < 1.0:
+        p.error(f"--dead must be a fraction in [0, 1), got {a.dead}")
+    result = run(a.quick, set(a.only.split(",")), ints(a.batches), ints(a.d_sae), a.rounds, a.dead)
     if a.out:
         from pathlib import Path
 

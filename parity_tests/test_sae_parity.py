@@ -39,9 +39,12 @@ def _weights(cfg, seed=0):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sparse", [True, False])
-def test_encode_decode_loss_gradients(arch, sparse):
+@pytest.mark.parametrize("aux_capacity", [None, 32])  # 32: AuxK on the 24 dead latents' columns
+def test_encode_decode_loss_gradients(arch, sparse, aux_capacity):
     if sparse and arch != "topk":
         pytest.skip("the sparse decode is TopK's")
+    if aux_capacity and arch in ("standard", "jumprelu"):
+        pytest.skip("no AuxK")
     cfg = SAEConfig(d_in=24, d_sae=96, architecture=arch, k=6 if "topk" in arch else None)
     p = _weights(cfg)
     x = np.random.default_rng(1).standard_normal((64, 24)).astype(np.float32)
@@ -62,8 +65,9 @@ def test_encode_decode_loss_gradients(arch, sparse):
 
     def mlx_loss(q):
         return loss_terms(
-            q, mx.array(x), cfg, dead_mask=mx.array(dead), sparse_decode=sparse, **kw
-        )[0]
+            q, mx.array(x), cfg, dead_mask=mx.array(dead), sparse_decode=sparse,
+            aux_capacity=aux_capacity, **kw,
+        )[0]  # fmt: skip
 
     lm, gm = mx.value_and_grad(mlx_loss)({k: mx.array(v) for k, v in tp.items()})
     tq = {k: torch.tensor(v, requires_grad=True) for k, v in tp.items()}

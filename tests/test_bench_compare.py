@@ -22,3 +22,9 @@ def test_sae_comparison_tiny_interleaved():
             assert set(r["mlx_speedup"]) == {"ratio", "reliable", "unreliable"}
     text = format_tables({"sae": res})
     assert "SAE training step" in text and "load" in text
+
+
+def test_sae_comparison_with_dead_latents_runs_auxk():
+    res = sae_training([64], batch=32, k=4, rounds=1, dead_frac=0.25)
+    assert res["dead_fraction"] == 0.25 and all(r["dead_fraction"] > 0 for r in res["rows"])
+    assert "of the latents dead (AuxK on)" in format_tables({"sae": res})

@@ -100,6 +100,49 @@ def test_auxk_zero_without_dead_and_reaches_dead_latents():
     assert extra[20:].sum() > 0 and extra[:20].sum() < 1e-6 * max(extra[20:].sum(), 1)
 
 
+def test_auxk_columns_hold_every_dead_latent_in_few_shapes():
+    from mlx_interp.sae.sae import aux_capacity_for, dead_columns
+
+    assert [aux_capacity_for(n, 9216) for n in (0, 1, 256, 257, 1000, 4096, 4097)] == [
+        256, 256, 256, 512, 1024, 4096, None,
+    ]  # fmt: skip
+    assert aux_capacity_for(10, 300) is None  # 256 columns of 300: not worth a gather
+    dead = np.zeros(600, bool)
+    dead[[3, 17, 599]] = True
+    cols = np.array(dead_columns(mx.array(dead), 8))
+    assert list(cols[:3]) == [3, 17, 599] and len(set(cols)) == 8 and not dead[cols[3:]].any()
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_training_steps_with_auxk_on_dead_columns_match_the_whole_dictionary(arch, monkeypatch):
+    """The MLX step's AuxK on the dead latents' columns (capacity from the last step's
+    count) gives the same parameters as AuxK over all d_sae columns."""
+    import mlx_interp.sae.sae as sae_mod
+    from mlx_interp.sae.training import MLXBackend
+
+    tc = TrainConfig(architecture=arch, d_sae=600, k=4, aux_k=6, tokens=256 * 4, batch_size=256,
+                     dead_tokens=2000).resolve(12)  # fmt: skip
+    cfg = tc.sae_config(12, "h", None)
+    x = synthetic(256 * 4)
+    p = init_params(cfg, seed=0, data_sample=x)
+    dead = np.random.default_rng(0).random(600) < 0.2  # 120 dead: 256 columns, not 600
+    p["b_enc"] = np.where(dead, -30.0, 0.0).astype(np.float32)  # they stay dead
+    states = {}
+    for name, capacity in (("columns", sae_mod.aux_capacity_for), ("all", lambda *a: None)):
+        monkeypatch.setattr(sae_mod, "aux_capacity_for", capacity)
+        be = MLXBackend(cfg, tc, p, 1.0)
+        be.state["since_fired"] = mx.array(np.where(dead, 5000, 0).astype(np.int32))
+        for t in range(4):
+            be.step(x[t * 256 : (t + 1) * 256], 1e-3, 0.0, t + 1, with_aux=True)
+        assert be.n_dead() > 100
+        states[name] = be.raw_params()
+        if name == "columns":
+            assert list(be._steps) == [(True, 256)]
+    for k, v in states["all"].items():
+        np.testing.assert_allclose(states["columns"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not np.allclose(states["all"]["W_dec"][dead], p["W_dec"][dead])  # AuxK trained them
+
+
 def test_jumprelu_threshold_gradient_only_in_bandwidth():
     cfg = make_cfg("jumprelu", d_sae=8)
     p = init_params(cfg, seed=0, threshold_init=0.5)

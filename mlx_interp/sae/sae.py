@@ -82,6 +82,7 @@ def encode_topk_train(
     apply_b_dec_to_input: bool = True,
     dead_mask: mx.array | None = None,
     k_aux: int = 0,
+    aux_cols: mx.array | None = None,
 ) -> tuple[mx.array, ...]:
     """Training encoder of a TopK SAE, fused with its top-k: (values, indices), each (batch, k).
 
@@ -96,49 +97,76 @@ def encode_topk_train(
     With ``dead_mask`` (d_sae,) also the AuxK selection, from the same pre-activations and
     into the same backward pass: (values, indices, aux_values, aux_indices), the aux pair
     (batch, k_aux) holding relu(pre) of the k_aux largest pre-activations among dead
-    latents (0 where a row has fewer dead latents than k_aux).
+    latents (0 where a row has fewer dead latents than k_aux). With ``aux_cols`` (C,), the
+    latents that can be dead (``dead_columns``), the selection looks at those C columns of
+    pre only and its indices count within them (latent aux_cols[i]): with few dead
+    latents, a partition of C entries per row instead of d_sae.
     """
     aux = dead_mask is not None
-    key = (k, apply_b_dec_to_input, k_aux if aux else 0)
+    compact = aux and aux_cols is not None
+    key = (k, apply_b_dec_to_input, k_aux if aux else 0, compact)
     if key not in _ENCODE_TOPK_CACHE:
 
         @mx.custom_function
-        def encode(x, w_enc, b_enc, b_dec, dead):
+        def encode(x, w_enc, b_enc, b_dec, dead, cols):
             x_in = x - b_dec if apply_b_dec_to_input else x
             pre = mx.addmm(b_enc, x_in, w_enc)
             idx = topk_indices(pre, k)
             out = [mx.take_along_axis(pre, idx, axis=-1), idx]
             if aux:
-                aux_idx = topk_indices(mx.where(dead, pre, -mx.inf), k_aux)
-                out += [mx.take_along_axis(pre, aux_idx, axis=-1), aux_idx]
+                pre_c, dead_c = (mx.take(pre, cols, axis=1), dead[cols]) if compact else (pre, dead)
+                aux_idx = topk_indices(mx.where(dead_c, pre_c, -mx.inf), min(k_aux, pre_c.shape[1]))
+                out += [mx.take_along_axis(pre_c, aux_idx, axis=-1), aux_idx]
             return tuple(out)
 
         @encode.vjp
         def encode_vjp(primals, cotangents, outputs):
-            x, w_enc, b_enc, b_dec, dead = primals
+            x, w_enc, b_enc, b_dec, dead, cols = primals
             d_top, idx = cotangents[0], outputs[1]
             x_in = x - b_dec if apply_b_dec_to_input else x
             d_pre = mx.zeros((x.shape[0], w_enc.shape[1]), d_top.dtype)
             d_b_enc = mx.zeros_like(b_enc)
             if aux:  # laid first; the main entries add to what is there (a latent may be in both)
                 d_aux, aux_idx = cotangents[2], outputs[3]
+                if compact:
+                    aux_idx = cols[aux_idx]
                 d_pre = mx.put_along_axis(d_pre, aux_idx, d_aux, axis=-1)
                 d_b_enc = d_b_enc.at[aux_idx.reshape(-1)].add(d_aux.reshape(-1))
                 d_top = d_top + mx.take_along_axis(d_pre, idx, axis=-1)
             d_pre = mx.put_along_axis(d_pre, idx, d_top, axis=-1)
             d_b_enc = d_b_enc.at[idx.reshape(-1)].add(cotangents[0].reshape(-1))
             d_b_dec = -(d_b_enc @ w_enc.T) if apply_b_dec_to_input else mx.zeros_like(b_dec)
-            return mx.zeros_like(x), x_in.T @ d_pre, d_b_enc, d_b_dec, mx.zeros_like(dead)
+            return (mx.zeros_like(x), x_in.T @ d_pre, d_b_enc, d_b_dec, mx.zeros_like(dead),
+                    mx.zeros_like(cols))  # fmt: skip
 
         _ENCODE_TOPK_CACHE[key] = encode
     dead = dead_mask if aux else mx.zeros((1,), mx.bool_)
-    out = _ENCODE_TOPK_CACHE[key](x, params["W_enc"], params["b_enc"], params["b_dec"], dead)
+    cols = aux_cols if compact else mx.zeros((1,), mx.int32)
+    out = _ENCODE_TOPK_CACHE[key](x, params["W_enc"], params["b_enc"], params["b_dec"], dead, cols)
     values, idx = mx.maximum(out[0], 0), mx.stop_gradient(out[1])
     if not aux:
         return values, idx
     aux_idx = mx.stop_gradient(out[3])
-    aux_values = mx.where(dead_mask[aux_idx], mx.maximum(out[2], 0), 0)
+    dead_c = dead_mask[cols] if compact else dead_mask
+    aux_values = mx.where(dead_c[aux_idx], mx.maximum(out[2], 0), 0)
     return values, idx, aux_values, aux_idx
+
+
+def dead_columns(dead_mask: mx.array, capacity: int) -> mx.array:
+    """(capacity,) int32: the dead latents of ``dead_mask`` (d_sae,) in index order, then
+    live ones to fill ``capacity`` (every dead latent is among them when capacity >= their
+    number). AuxK's columns: it only ever reads dead latents."""
+    n = dead_mask.shape[0]
+    order = mx.argsort(mx.where(dead_mask, 0, n) + mx.arange(n, dtype=mx.int32))
+    return order[:capacity].astype(mx.int32)
+
+
+def aux_capacity_for(n_dead: int, d_sae: int, smallest: int = 256) -> int | None:
+    """How many columns AuxK looks at for ``n_dead`` dead latents: a power of two (few
+    distinct shapes, so few compiled steps) at least n_dead; None (all d_sae columns) once
+    that is over half of them, where gathering the columns would cost more than it saves."""
+    c = max(smallest, 1 << max(n_dead - 1, 0).bit_length())
+    return c if c <= d_sae // 2 else None
 
 
 def topk_dense(pre: mx.array, k: int) -> mx.array:
@@ -289,6 +317,7 @@ def loss_terms(
     world_size: int = 1,
     target: mx.array | None = None,
     matryoshka_aux: bool = False,
+    aux_capacity: int | None = None,
 ) -> tuple[mx.array, dict]:
     """The training loss of one batch and its parts; every term is a mean over the batch.
 
@@ -314,16 +343,26 @@ def loss_terms(
                use_matryoshka_aux_loss)
     jumprelu:  + sparsity_coeff * mean_b sum_i H(pre_i - theta_i)              (L0, STE)
     For jumprelu ``params`` holds ``log_threshold`` (theta = exp(log_threshold)).
+
+    ``aux_capacity`` (static; at least the number of dead latents, see ``aux_capacity_for``):
+    AuxK selects and decodes within that many columns (``dead_columns``), the dead latents
+    among them, instead of all d_sae: the same term, without a second pass as wide as the
+    dictionary (forward, and both backward products) when few latents are dead.
     """
     arch = cfg.architecture
     parts = {}
     k_aux = min(aux_k or cfg.out_width // 2, cfg.d_sae)
     y = x if target is None else target
     fused_aux = None
+    # the columns AuxK reads: the dead latents (and a few live ones), or all of them
+    cols = None
+    per_prefix_aux = matryoshka_aux and arch == "matryoshka_batchtopk"
+    if dead_mask is not None and aux_capacity is not None and not per_prefix_aux:
+        cols = dead_columns(dead_mask, aux_capacity)
     if arch == "topk" and sparse_decode:
         # the fused path: no dense pre-activation gradient, no d x_in product
         values, idx, *fused_aux = encode_topk_train(
-            params, x, cfg.k, cfg.apply_b_dec_to_input, dead_mask, k_aux
+            params, x, cfg.k, cfg.apply_b_dec_to_input, dead_mask, k_aux, cols
         )
         x_hat = decode_sparse(params, values, idx)
         f = pre = None
@@ -365,7 +404,7 @@ def loss_terms(
         sparsity = step(pre, theta).sum(axis=-1).mean()
         loss = loss + sparsity_coeff * sparsity
         parts["sparsity"] = sparsity
-    elif dead_mask is not None and matryoshka_aux and arch == "matryoshka_batchtopk":
+    elif dead_mask is not None and per_prefix_aux:
         aux, start = 0.0, 0
         for w, xh in zip(cfg.matryoshka_widths, x_hats, strict=True):
             block_dead = dead_mask[start:w]
@@ -377,15 +416,21 @@ def loss_terms(
         loss = loss + aux_coeff * aux
         parts["aux"] = aux
     elif dead_mask is not None:
+        w_dec = params["W_dec"] if cols is None else params["W_dec"][cols]
         if fused_aux:  # the k_aux chosen dead latents, laid out densely for one product
             aux_values, aux_idx = fused_aux
             aux_acts = mx.put_along_axis(
-                mx.zeros((x.shape[0], cfg.d_sae), aux_values.dtype), aux_idx, aux_values, axis=-1
-            )
-        else:
+                mx.zeros((x.shape[0], w_dec.shape[0]), aux_values.dtype), aux_idx, aux_values,
+                axis=-1,
+            )  # fmt: skip
+        elif cols is None:
             aux_acts = _auxk_acts(pre, dead_mask, k_aux)
+        else:
+            aux_acts = _auxk_acts(
+                mx.take(pre, cols, axis=1), dead_mask[cols], min(k_aux, len(cols))
+            )
         e = mx.stop_gradient(y - x_hat)
-        e_hat = aux_acts @ params["W_dec"]
+        e_hat = aux_acts @ w_dec
         aux = ((e_hat - e) ** 2).sum(axis=-1).mean()
         scale = mx.minimum(dead_mask.sum().astype(mx.float32) / k_aux, 1.0)
         loss = loss + aux_coeff * scale * aux

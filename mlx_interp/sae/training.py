@@ -288,8 +288,10 @@ class MLXBackend:
             self.state["scale_out"] = mx.array(1.0 if scale_out is None else scale_out, mx.float32)
         self._steps = {}
         self._acc = None
+        self._n_dead = None  # (mx scalar) latents dead after the last step
 
-    def _make_step(self, with_aux: bool):
+    def _make_step(self, with_aux: bool, capacity: int | None):
+        """The compiled step; ``capacity``: AuxK's columns (``aux_capacity_for``), static."""
         mx, cfg, tc = self.mx, self.cfg, self.tc
         from .sae import loss_terms, renormalise_decoder
 
@@ -333,6 +335,7 @@ class MLXBackend:
                     sparse_decode=tc.sparse_decode,
                     world_size=n_ranks,
                     target=y,
+                    aux_capacity=capacity,
                 )
 
             (loss, out), grads = mx.value_and_grad(lossfn)(state["params"])
@@ -386,7 +389,13 @@ class MLXBackend:
                 var = (centred * centred).sum(axis=-1).mean()
             else:  # about the global batch's mean: E|x|^2 - |E x|^2 over every slice
                 var = stats["sq"] - (stats["mean"] * stats["mean"]).sum()
-            metrics = {"loss": stats["loss"], "mse": stats["mse"], "var": var, "l0": stats["l0"]}
+            metrics = {
+                "loss": stats["loss"],
+                "mse": stats["mse"],
+                "var": var,
+                "l0": stats["l0"],
+                "n_dead": (since > tc.dead_tokens).sum(),
+            }  # for the next step's capacity
             if "prefix_mse" in stats:
                 metrics["prefix_mse"] = stats["prefix_mse"]
             new_state = {
@@ -407,19 +416,26 @@ class MLXBackend:
     ) -> None:  # fmt: skip
         """One optimisation step on rows x (batch, d_in); ``y`` (batch, d_out): a
         transcoder's targets."""
+        from .sae import aux_capacity_for
+
         mx = self.mx
-        if with_aux not in self._steps:
-            self._steps[with_aux] = self._make_step(with_aux)
+        # AuxK reads only the columns that can be dead: as many as the last step left dead
+        # (a count the step computed and evaluated with the state: no extra synchronisation)
+        capacity = aux_capacity_for(self.n_dead(), self.cfg.d_sae) if with_aux else None
+        key = (with_aux, capacity)
+        if key not in self._steps:
+            self._steps[key] = self._make_step(with_aux, capacity)
         b1, b2 = self.tc.adam_betas
         scalars = [mx.array(v, dtype=mx.float32) for v in (lr, coeff, 1 - b1**t, 1 - b2**t)]
         xs = (mx.array(x),) if y is None else (mx.array(x), mx.array(y))
-        self.state, metrics = self._steps[with_aux](self.state, xs, *scalars)
+        self.state, metrics = self._steps[key](self.state, xs, *scalars)
+        self._n_dead = metrics.pop("n_dead")
         if self._acc is None:
             self._acc = {k: v for k, v in metrics.items()}
             self._acc["n"] = mx.array(1.0)
         else:
             self._acc = {k: self._acc[k] + metrics.get(k, 1.0) for k in self._acc}
-        mx.eval(self.state, self._acc)
+        mx.eval(self.state, self._acc, self._n_dead)
 
     def pop_metrics(self) -> dict:
         acc = {k: np.array(v, np.float64) for k, v in self._acc.items()}
@@ -427,7 +443,9 @@ class MLXBackend:
         return logged_metrics(acc, float(acc.pop("n")))
 
     def n_dead(self) -> int:
-        return int((self.state["since_fired"] > self.tc.dead_tokens).sum().item())
+        if self._n_dead is None:  # a new or loaded state
+            self._n_dead = (self.state["since_fired"] > self.tc.dead_tokens).sum()
+        return int(self._n_dead.item())
 
     def state_numpy(self) -> dict[str, np.ndarray]:
         s = self.state
@@ -449,6 +467,7 @@ class MLXBackend:
             else:
                 s[key] = mx.array(val)
         self.state = s
+        self._n_dead = None
 
     def raw_params(self) -> dict[str, np.ndarray]:
         """Trained parameters in the (normalised) training units, as NumPy."""
