@@ -81,18 +81,26 @@ def test_encode_decode_loss_gradients(arch, sparse, aux_capacity):
         assert np.abs(tq["log_threshold"].grad.numpy()).sum() > 0  # the STE reaches theta
 
 
-def test_fused_topk_encoder_gradients_match_torch():
-    """TopK training without dead latents takes the fused encoder + top-k (hand-written
-    backward pass); its loss and every gradient match torch_ref's autograd."""
+@pytest.mark.parametrize("aux", [None, "columns", "all"])
+def test_fused_topk_encoder_gradients_match_torch(aux):
+    """TopK training takes the fused encoder + top-k (hand-written backward pass; weight
+    gradients by ``sparse_transpose_product``'s sorted segments on the CPU: 6 of 512
+    latents a row); its loss and every gradient match torch_ref's autograd, without dead
+    latents and with (AuxK on 256 of the columns, or on all 512)."""
     cfg = SAEConfig(d_in=24, d_sae=512, architecture="topk", k=6)
     p = _weights(cfg)
     p["b_enc"] = np.random.default_rng(3).standard_normal(512).astype(np.float32) * 0.1
     x = np.random.default_rng(1).standard_normal((64, 24)).astype(np.float32)
-    lm, gm = mx.value_and_grad(lambda q: loss_terms(q, mx.array(x), cfg)[0])(
-        {k: mx.array(v) for k, v in p.items()}
-    )
+    dead = np.random.default_rng(4).random(512) < 0.2  # about 100, k_aux 12
+    kw = {} if aux is None else {"dead_mask": dead, "aux_coeff": 0.5}
+    capacity = 256 if aux == "columns" else None
+    mlx_kw = {k: mx.array(v) if k == "dead_mask" else v for k, v in kw.items()}
+    lm, gm = mx.value_and_grad(
+        lambda q: loss_terms(q, mx.array(x), cfg, aux_capacity=capacity, **mlx_kw)[0]
+    )({k: mx.array(v) for k, v in p.items()})
     tq = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
-    lt, _ = tsae.forward_loss(tq, torch.from_numpy(x), cfg)
+    torch_kw = {k: torch.from_numpy(v) if k == "dead_mask" else v for k, v in kw.items()}
+    lt, _ = tsae.forward_loss(tq, torch.from_numpy(x), cfg, **torch_kw)
     lt.backward()
     assert relative_error(lm, lt.detach().numpy()) < SAE_TOL
     for name in p:

@@ -100,6 +100,21 @@ def test_auxk_zero_without_dead_and_reaches_dead_latents():
     assert extra[20:].sum() > 0 and extra[:20].sum() < 1e-6 * max(extra[20:].sum(), 1)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_transpose_product_sums_pairs_by_column(sparse):
+    from mlx_interp.sae.sae import sparse_transpose_product
+
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 50, (30, 3))
+    idx[0] = [7, 7, 9]  # pairs of one row sharing a column add up; most columns get none
+    vals = rng.standard_normal((30, 3)).astype(np.float32)
+    dense = rng.standard_normal((30, 5)).astype(np.float32)
+    f = np.zeros((30, 50), np.float64)
+    np.add.at(f, (np.arange(30)[:, None], idx), vals)
+    got = sparse_transpose_product(mx.array(idx), mx.array(vals), mx.array(dense), 50, sparse)
+    np.testing.assert_allclose(np.array(got), f.T @ dense, rtol=1e-5, atol=1e-6)
+
+
 def test_auxk_columns_hold_every_dead_latent_in_few_shapes():
     from mlx_interp.sae.sae import aux_capacity_for, dead_columns
 
