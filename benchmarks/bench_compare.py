@@ -203,7 +203,9 @@ def sae_training(
         except Exception as e:  # noqa: BLE001 - any failure means: skip with a note
             if not notes:
                 notes.append(f"SAELens skipped: {type(e).__name__}: {str(e)[:160]}")
-        timings = time_interleaved(contenders, rounds, warmup=1)
+        # two warm-up steps each: MLX compiles in the first and sizes its buffer cache in
+        # the second (a step at 9216 latents: 570 ms, then 1,400, then 570 again)
+        timings = time_interleaved(contenders, rounds, warmup=2)
         base = timings["mlx-interp (MLX)"]
         for name, t in timings.items():
             row = {"what": "sae step", "contender": name, "d_sae": d_sae, "batch": batch, "k": k,
