@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from benchmarks.bench_compare import format_tables, sae_training
+import pytest
+
+from benchmarks.bench_compare import format_tables, main, sae_training
 
 
 def test_sae_comparison_tiny_interleaved():
@@ -28,3 +30,13 @@ def test_sae_comparison_with_dead_latents_runs_auxk():
     res = sae_training([64], batch=32, k=4, rounds=1, dead_frac=0.25)
     assert res["dead_fraction"] == 0.25 and all(r["dead_fraction"] > 0 for r in res["rows"])
     assert "of the latents dead (AuxK on)" in format_tables({"sae": res})
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1", "nan"])
+def test_dead_fraction_outside_0_1_is_one_line_error(value, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        main(["--only", "sae", "--dead", value, "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--dead must be a fraction in [0, 1)" in err

@@ -453,12 +453,9 @@ def loss_terms(
                 mx.zeros((x.shape[0], w_dec.shape[0]), aux_values.dtype), aux_idx, aux_values,
                 axis=-1,
             )  # fmt: skip
-        elif cols is None:
-            aux_acts = _auxk_acts(pre, dead_mask, k_aux)
         else:
-            aux_acts = _auxk_acts(
-                mx.take(pre, cols, axis=1), dead_mask[cols], min(k_aux, len(cols))
-            )
+            pre_c, dead_c = (pre, dead_mask) if cols is None else (mx.take(pre, cols, axis=1), dead_mask[cols])  # fmt: skip
+            aux_acts = _auxk_acts(pre_c, dead_c, min(k_aux, dead_c.shape[0]))
         e = mx.stop_gradient(y - x_hat)
         e_hat = aux_acts @ w_dec
         aux = ((e_hat - e) ** 2).sum(axis=-1).mean()
